@@ -1,0 +1,5 @@
+import sys
+
+from instag.cli import main
+
+sys.exit(main())

@@ -1,0 +1,78 @@
+"""``instag`` command: one front for every stage.
+
+Each subcommand is a ``main(argv)`` function in the package that parses its own typed
+config (:mod:`instag.config`). The upstream-named entry points (``data_utils/*.py``,
+``scripts/*.sh``, ``synthesize_fuse.py``) call :func:`main` with the matching subcommand.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, function, one-line description)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "process": ("instag.preprocess.pipeline", "main", "preprocess a talking-head video into data/<ID>/"),
+    "split": ("instag.preprocess.split", "main", "keep the last 12 s of a processed clip for evaluation"),
+    "features": ("instag.audio.cli", "main", "extract audio features from a wav (mel, deepspeech, esperanto, hubert, ave)"),
+    "pretrain": ("instag.train.pretrain", "main", "identity-free pre-training of the universal motion fields"),
+    "adapt": ("instag.train.adapt", "main", "motion-aligned adaptation to a new identity (face, mouth, fuse)"),
+    "synthesize": ("instag.infer.synthesize", "main", "render a trained head driven by new audio into an mp4"),
+    "stream": ("instag.infer.stream", "main", "chunked real-time synthesis"),
+    "evaluate": ("instag.metrics.evaluate", "main", "metrics on the validation split, or between two videos"),
+    "bench": ("instag.bench_cli", "main", "run a benchmark from bench/"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: instag <command> [options]", "", "commands:"]
+    lines += [f"  {name:<11} {desc}" for name, (_, _, desc) in COMMANDS.items()]
+    lines += ["", "Add --debug to any command for full tracebacks."]
+    return "\n".join(lines)
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    """Run subcommand ``name`` with ``argv``; user errors become one line on stderr."""
+    from instag.errors import InstagError
+
+    module_name, func_name, _ = COMMANDS[name]
+    debug = "--debug" in argv
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        code = func(argv)
+        return int(code or 0)
+    except InstagError as err:
+        if debug:
+            raise
+        print(f"instag {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"instag {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # an unexpected failure still gets one line unless --debug
+        if debug:
+            raise
+        msg = " ".join(str(err).split()) or type(err).__name__
+        print(f"instag {name}: internal error: {type(err).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"instag: error: unknown command {name!r}\n{_usage()}", file=sys.stderr)
+        return 2
+    return run_command(name, rest)
+
+
+def entry(name: str) -> None:
+    """For upstream-named wrapper files: ``entry("process")`` runs that subcommand and exits."""
+    sys.exit(run_command(name, sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

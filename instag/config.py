@@ -1,0 +1,88 @@
+"""Typed stage configs and the CLI generated from them.
+
+Every stage (process, pretrain, adapt, synthesize, ...) declares its settings as one
+dataclass with defaults. :func:`parse` builds an ``argparse`` parser from the dataclass
+fields, so each flag exists in exactly one place. A field's help text comes from
+``field(metadata={"help": ...})``; extra spellings (``-S`` for ``--source_path``) from
+``metadata={"flags": ("-S", "-s")}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _str2bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one flag per field of the dataclass ``cls`` to ``parser``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init or f.metadata.get("cli") is False:
+            continue
+        tp, optional = _unwrap_optional(hints[f.name])
+        flags = [f"--{f.name}", *f.metadata.get("flags", ())]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "dest": f.name}
+        if default is dataclasses.MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+        choices = f.metadata.get("choices")
+        if choices:
+            kwargs["choices"] = choices
+        if tp is bool:
+            if default is False:
+                kwargs["action"] = "store_true"
+            else:
+                kwargs["type"] = _str2bool
+                kwargs["metavar"] = "BOOL"
+        elif typing.get_origin(tp) in (list, tuple):
+            (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
+            kwargs["type"] = item
+            kwargs["nargs"] = "+" if not optional else "*"
+        elif tp in (int, float, str):
+            kwargs["type"] = tp
+        else:
+            kwargs["type"] = str
+        parser.add_argument(*flags, **kwargs)
+
+
+def parse(cls: type[T], argv: list[str] | None, prog: str | None = None, description: str | None = None) -> T:
+    """Parse ``argv`` into an instance of the dataclass ``cls``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip())
+    add_dataclass_arguments(parser, cls)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    ns = parser.parse_args(argv)
+    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if f.init and hasattr(ns, f.name)}
+    for f in dataclasses.fields(cls):
+        if typing.get_origin(typing.get_type_hints(cls)[f.name]) is tuple and f.name in values:
+            values[f.name] = tuple(values[f.name])
+    return cls(**values)
