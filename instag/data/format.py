@@ -63,7 +63,7 @@ class DatasetLayout:
     root: Path
 
     @classmethod
-    def of(cls, root: str | Path) -> "DatasetLayout":
+    def of(cls, root: str | Path) -> DatasetLayout:
         return cls(Path(root))
 
     @property
