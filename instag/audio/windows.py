@@ -1,0 +1,107 @@
+"""Loading audio feature files and cutting the per-frame window the networks see.
+
+Feature files keep upstream's layout (``[T, W, C]``: DeepSpeech ``[T,16,29]``, HuBERT
+``[T,2,1024]``, AVE ``[T,512,1]`` ...). :func:`load_features` checks a file against its
+extractor and the video length and returns the network layout ``[T, C, W]`` (upstream's
+loader permute). :func:`frame_window` gives frame ``i`` the 8 items ``i-4 .. i+3``, zero
+padded at the ends (METHOD §1.7): ``[8, C, W]``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from instag.audio.registry import FILE_ITEM_SHAPES, check_name, fit_length
+from instag.errors import InstagError
+
+ATTENTION_WINDOW = 8
+SILENT_MISMATCH = 1  # rows: extractors round the clip length differently (AVE gives N+1, HuBERT N-1)
+
+
+def max_mismatch(num_frames: int) -> int:
+    """Largest length difference (rows) padded or trimmed instead of refused: 5 frames or 1 %."""
+    return max(5, num_frames // 100)
+
+
+def _regenerate_hint(path: Path, extractor: str) -> str:
+    wav = path.parent / "aud.wav"
+    return f"regenerate it with: instag features --wav {wav} --extractor {extractor} --out {path}"
+
+
+def resolve_feature_path(path: str | Path, extractor: str) -> Path:
+    """``path``, or for DeepSpeech the upstream adaptation name ``aud.npy`` beside it when
+    ``aud_ds.npy`` is absent (upstream's pre-training and adaptation loaders disagree)."""
+    path = Path(path)
+    if not path.exists() and extractor == "deepspeech":
+        alt = path.with_name("aud.npy")
+        if alt.exists():
+            return alt
+    return path
+
+
+def load_features(path: str | Path, extractor_name: str, num_frames: int | None) -> np.ndarray:
+    """Load a feature file in upstream layout -> float32 ``[T, C, W]`` (network layout).
+
+    With ``num_frames`` (the video's frame count) the rows are made to match it: a
+    difference of one row is fixed silently, up to :func:`max_mismatch` rows with a
+    warning (repeat the last row or trim), larger differences are refused.
+    """
+    extractor = check_name(extractor_name)
+    path = resolve_feature_path(path, extractor)
+    if not path.is_file():
+        raise InstagError(f"audio features {path} not found; {_regenerate_hint(path, extractor)}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise InstagError(f"cannot read audio features {path} ({err}); {_regenerate_hint(path, extractor)}") from err
+    expected = FILE_ITEM_SHAPES[extractor]
+    if arr.ndim != 3 or tuple(arr.shape[1:]) != expected:
+        raise InstagError(
+            f"audio features {path} have shape {tuple(arr.shape)} but {extractor} files are [T, {expected[0]}, "
+            f"{expected[1]}]; was it made by another extractor? {_regenerate_hint(path, extractor)}"
+        )
+    if not np.issubdtype(arr.dtype, np.number):
+        raise InstagError(
+            f"audio features {path} hold {arr.dtype} values, not numbers; {_regenerate_hint(path, extractor)}"
+        )
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise InstagError(f"audio features {path} contain NaN or infinite values; {_regenerate_hint(path, extractor)}")
+    if arr.shape[0] == 0:
+        raise InstagError(f"audio features {path} are empty (0 rows); {_regenerate_hint(path, extractor)}")
+    if num_frames is not None:
+        diff = arr.shape[0] - int(num_frames)
+        if abs(diff) > max_mismatch(int(num_frames)):
+            which = "shorter" if diff < 0 else "longer"
+            raise InstagError(
+                f"audio features {path} have {arr.shape[0]} rows but the video has {num_frames} frames "
+                f"({abs(diff)} {which}); they do not belong to this clip, {_regenerate_hint(path, extractor)}"
+            )
+        if abs(diff) > SILENT_MISMATCH:
+            action = "repeating the last row" if diff < 0 else "trimming the extra rows"
+            warnings.warn(
+                f"audio features {path} have {arr.shape[0]} rows for {num_frames} video frames; {action}",
+                stacklevel=2,
+            )
+        arr = fit_length(arr, int(num_frames))
+    return np.ascontiguousarray(arr.transpose(0, 2, 1))
+
+
+def frame_window(features: np.ndarray | torch.Tensor, i: int, size: int = ATTENTION_WINDOW):
+    """Items ``i - size//2 .. i + size//2 - 1`` of ``features`` [T, C, W], zero padded: [size, C, W]."""
+    if isinstance(features, torch.Tensor):
+        return frame_windows(features, torch.tensor([i], device=features.device), size)[0]
+    return frame_windows(torch.from_numpy(np.asarray(features)), torch.tensor([i]), size)[0].numpy()
+
+
+def frame_windows(features: torch.Tensor, indices: torch.Tensor, size: int = ATTENTION_WINDOW) -> torch.Tensor:
+    """Batched :func:`frame_window`: features [T, C, W], indices [B] (long) -> [B, size, C, W]."""
+    offsets = torch.arange(size, device=features.device) - size // 2
+    idx = indices.to(features.device).long()[:, None] + offsets[None, :]  # [B, size]
+    valid = (idx >= 0) & (idx < features.shape[0])
+    out = features[idx.clamp(0, max(features.shape[0] - 1, 0))]
+    return out * valid[:, :, None, None].to(out.dtype)
