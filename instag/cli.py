@@ -36,6 +36,14 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _close_progress_bars() -> None:
+    """Clear progress bars an exception left open, so the error line starts a line of its own."""
+    tqdm_module = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm_module, "tqdm", None), "_instances", ())):
+        bar.close()
+    sys.stderr.flush()
+
+
 def run_command(name: str, argv: list[str]) -> int:
     """Run subcommand ``name`` with ``argv``; user errors become one line on stderr."""
     from instag.errors import InstagError
@@ -49,14 +57,21 @@ def run_command(name: str, argv: list[str]) -> int:
     except InstagError as err:
         if debug:
             raise
+        _close_progress_bars()
         print(f"instag {name}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print(f"instag {name}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # an unexpected failure still gets one line unless --debug
         if debug:
             raise
+        _close_progress_bars()
+        if isinstance(err, OSError) and err.filename is not None:  # a path that cannot be made or written
+            print(f"instag {name}: error: {err.filename}: {err.strerror or err}; check the path, free disk space and "
+                  "permissions", file=sys.stderr)
+            return 2
         msg = " ".join(str(err).split()) or type(err).__name__
         print(f"instag {name}: internal error: {type(err).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1

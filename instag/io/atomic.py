@@ -1,19 +1,43 @@
 """Atomic writes: write to a temporary sibling, then rename over the target.
 
 A killed process or a failing disk never leaves a half-written file under the final name.
+Temporaries are named ``.<stem>.tmp-<random><ext>``; a process killed mid-write (SIGKILL runs
+no cleanup) leaves one behind, and :func:`remove_stale_temporaries` sweeps them when the
+folder is written again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from instag.errors import InstagError
+
+TEMP_MARK = ".tmp-"
+_TEMP_NAME = re.compile(r"^\..*" + re.escape(TEMP_MARK) + r"[a-z0-9_]{8}(\.[^.]*)?$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete temporaries that killed writers left under ``folder`` (recursively); returns how many.
+
+    Call it only where no other process is writing the same folder (a stage starting on its own outputs).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    count = 0
+    for path in folder.rglob(f".*{TEMP_MARK}*"):
+        if _TEMP_NAME.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            count += 1
+    return count
 
 
 @contextlib.contextmanager
@@ -27,7 +51,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=suffix or target.suffix or ".tmp", dir=parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}{TEMP_MARK}", suffix=suffix or target.suffix or ".tmp", dir=parent)
         os.close(fd)
     except OSError as err:
         raise InstagError(f"cannot write {target}: {err.strerror or err}; check the folder exists and is writable") from err
@@ -65,3 +89,25 @@ def save_npy(path: str | os.PathLike, array: Any) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, np.asarray(array), allow_pickle=False)
+
+
+def write_image(path: str | os.PathLike, image: Any, params: tuple[int, ...] | list[int] = ()) -> None:
+    """``cv2.imwrite`` atomically, the format chosen by the extension; a failed encode or write
+    (OpenCV only returns False, e.g. on a full disk) raises instead of leaving a truncated image."""
+    import cv2
+
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        if not cv2.imwrite(str(tmp), image, list(params)):
+            raise InstagError(f"cannot write {target}: the image could not be encoded or saved; check free disk space "
+                              "and permissions")
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` atomically, with the same bytes for the same content: written through a
+    buffer, so the archive's inner folder name does not depend on the temporary file name."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())

@@ -565,10 +565,9 @@ def landmark_error(
 
 def save_track_params(path: str | Path, track: dict[str, Tensor]) -> None:
     """Write ``track_params.pt`` atomically: a dict of tensors (loads with weights_only=True)."""
-    from instag.io.atomic import atomic_path
+    from instag.io.atomic import save_torch
 
-    with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu().contiguous() for k, v in track.items()}, tmp)
+    save_torch(path, {k: v.detach().cpu().contiguous() for k, v in track.items()})
 
 
 def read_lms(path: Path) -> np.ndarray:

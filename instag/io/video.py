@@ -1,0 +1,245 @@
+"""Video and audio in, through the ffmpeg binary that ships in the ``imageio-ffmpeg`` wheel.
+
+* :func:`probe` reads a video's facts (size, frame rate, frame count, duration, audio) and
+  refuses files that are not videos, are truncated, or have no audio track.
+* :func:`iter_frames` decodes frames once, resampled to 25 FPS, optionally cropped and
+  resized by ffmpeg's own filters, as BGR ``uint8 [H,W,3]`` arrays.
+* :func:`sample_frames` decodes a few frames per second (for locating the face before the
+  real decode).
+* :func:`read_audio` extracts the first audio track as 16 kHz mono float32 samples.
+
+ffmpeg is imported lazily (``imageio_ffmpeg``) and driven through pipes, so paths with
+spaces or non-ASCII characters need no quoting.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from instag.errors import InstagError
+
+TARGET_FPS = 25
+AUDIO_RATE = 16000
+
+
+def ffmpeg_exe() -> str:
+    """Path of the wheel-shipped ffmpeg binary."""
+    try:
+        import imageio_ffmpeg
+    except ImportError as err:  # pragma: no cover - a core dependency
+        raise InstagError("imageio-ffmpeg is not installed; run `pip install imageio-ffmpeg`") from err
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@dataclass
+class VideoInfo:
+    """Facts about a source video (sizes in pixels, rates in Hz, times in seconds)."""
+
+    path: str
+    width: int
+    height: int
+    fps: float  # average frame rate of the stream
+    num_frames: int  # coded frames in the stream
+    duration: float
+    variable_fps: bool
+    has_audio: bool
+    audio_rate: int
+    audio_channels: int
+    codec: str
+
+    @property
+    def num_frames_25(self) -> int:
+        """Frames the 25-FPS decode yields (ffmpeg's fps filter rounds the duration)."""
+        return max(1, int(round(self.frame_span * TARGET_FPS)))
+
+    @property
+    def frame_span(self) -> float:
+        """Time covered by the video frames, from the first frame's start to the last one's end."""
+        return self.num_frames / self.fps if self.fps > 0 else self.duration
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe_rate(self) -> str | None:
+        """A sentence saying how the frame rate is converted, or None when it is already 25 FPS."""
+        if self.variable_fps:
+            return f"{self.path}: variable frame rate (average {self.fps:.2f} FPS); resampling to {TARGET_FPS} FPS"
+        if abs(self.fps - TARGET_FPS) > 0.01:
+            return f"{self.path}: {self.fps:.2f} FPS; resampling to {TARGET_FPS} FPS"
+        return None
+
+
+def _run(args: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *args], input=stdin, capture_output=True, check=False)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InstagError(f"{path}: no such file; give the path of a video (e.g. data/<ID>/<ID>.mp4)")
+    if path.is_dir():
+        raise InstagError(f"{path}: is a folder; give the path of a video file (e.g. data/<ID>/<ID>.mp4)")
+    if path.stat().st_size == 0:
+        raise InstagError(f"{path}: the file is empty; copy the video again")
+
+
+def _first_error_line(stderr: str, path: Path) -> str:
+    text = stderr.replace(str(path), "<file>")
+    for line in text.splitlines():
+        low = line.lower()
+        if "error" in low or "invalid" in low or "not found" in low or "moov" in low:
+            return line.strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "ffmpeg could not read it"
+
+
+def _packet_times(path: Path, stream: str) -> np.ndarray:
+    """Presentation times (seconds, sorted) of the packets of ``stream`` (no decoding)."""
+    proc = _run(["-i", str(path), "-map", stream, "-c", "copy", "-f", "framemd5", "-"])
+    out = proc.stdout.decode("utf-8", "replace")
+    tb = 1.0
+    pts = []
+    for line in out.splitlines():
+        if line.startswith("#tb"):
+            num, den = line.split(":")[1].strip().split("/")
+            tb = float(num) / float(den)
+        elif line and not line.startswith("#"):
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) >= 4 and parts[2].lstrip("-").isdigit():
+                pts.append(int(parts[2]))
+    return np.sort(np.asarray(pts, dtype=np.float64)) * tb
+
+
+def probe(path: str | Path, require_audio: bool = True) -> VideoInfo:
+    """Read the facts of a video; raise :class:`InstagError` for anything unusable."""
+    path = Path(path)
+    _check_file(path)
+    proc = _run(["-i", str(path)])
+    err = proc.stderr.decode("utf-8", "replace")
+    video = re.search(r"Stream #\d+:\d+.*?: Video: (\w+).*?, (\d{2,5})x(\d{2,5})", err)
+    if video is None:
+        if "Invalid data found" in err or "moov atom not found" in err or "Input #" not in err:
+            raise InstagError(f"{path}: not a readable video ({_first_error_line(err, path)}); "
+                              "the file is corrupt, truncated or not a video")
+        raise InstagError(f"{path}: has no video stream; give a video of the talking person")
+    codec, width, height = video.group(1), int(video.group(2)), int(video.group(3))
+    vline = err[video.start():].splitlines()[0]
+    fps_m = re.search(r"([\d.]+) fps", vline)
+    tbr_m = re.search(r"([\d.]+)k? tbr", vline)
+    dur_m = re.search(r"Duration: (\d+):(\d+):([\d.]+)", err)
+    duration = 0.0
+    if dur_m:
+        duration = int(dur_m.group(1)) * 3600 + int(dur_m.group(2)) * 60 + float(dur_m.group(3))
+    audio = re.search(r"Stream #\d+:\d+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)", err)
+    has_audio = audio is not None
+    audio_rate = int(audio.group(2)) if audio else 0
+    layout = audio.group(3).strip() if audio else ""
+    channels = {"mono": 1, "stereo": 2}.get(layout, int(re.match(r"(\d+)", layout).group(1)) if re.match(r"\d+", layout) else 2)
+    if not has_audio:
+        channels = 0
+
+    times = _packet_times(path, "0:v:0")
+    if times.size == 0:
+        raise InstagError(f"{path}: the video stream has no frames; the file is truncated or corrupt")
+    steps = np.diff(times)
+    if steps.size:
+        fps = 1.0 / float(np.median(steps)) if np.median(steps) > 0 else 0.0
+        avg = (times.size - 1) / float(times[-1] - times[0]) if times[-1] > times[0] else fps
+        variable = bool(np.std(steps) > 0.1 * np.mean(steps)) and abs(avg - fps) > 0.05 * fps
+        fps = avg if variable else fps
+    else:
+        fps = float(fps_m.group(1)) if fps_m else (float(tbr_m.group(1)) if tbr_m else TARGET_FPS)
+        variable = False
+    if fps_m and not variable and abs(float(fps_m.group(1)) - fps) < 0.05 * fps:
+        fps = float(fps_m.group(1))  # the container's exact rational (e.g. 29.97)
+    info = VideoInfo(
+        path=str(path),
+        width=width,
+        height=height,
+        fps=float(fps),
+        num_frames=int(times.size),
+        duration=duration or float(times.size / max(fps, 1e-6)),
+        variable_fps=variable,
+        has_audio=has_audio,
+        audio_rate=audio_rate,
+        audio_channels=channels,
+        codec=codec,
+    )
+    if duration and info.frame_span < duration - max(0.5, 0.05 * duration):
+        raise InstagError(f"{path}: the header says {duration:.2f} s but the video frames stop at "
+                          f"{info.frame_span:.2f} s; the file is truncated or corrupt; copy or re-encode it and run again")
+    if require_audio and not has_audio:
+        raise InstagError(f"{path}: has no audio track; the speech drives training, so give a video with its sound "
+                          "(mux one in with: ffmpeg -i video.mp4 -i speech.wav -c:v copy -shortest out.mp4)")
+    return info
+
+
+def _filters(crop: tuple[int, int, int, int] | None, size: tuple[int, int] | None, fps: float | None) -> str:
+    parts = []
+    if fps is not None:
+        parts.append(f"fps={fps:g}")
+    if crop is not None:
+        x, y, w, h = crop
+        parts.append(f"crop={w}:{h}:{x}:{y}")
+    if size is not None:
+        parts.append(f"scale={size[0]}:{size[1]}:flags=area")
+    return ",".join(parts) or "null"
+
+
+def _pipe_frames(path: Path, vf: str, width: int, height: int) -> Iterator[np.ndarray]:
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path), "-map", "0:v:0",
+           "-vf", vf, "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
+    frame_bytes = width * height * 3
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes * 2)
+    try:
+        while True:
+            buf = proc.stdout.read(frame_bytes)
+            if len(buf) < frame_bytes:
+                break
+            yield np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3)
+    finally:
+        proc.stdout.close()
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+def iter_frames(info: VideoInfo, crop: tuple[int, int, int, int] | None = None,
+                size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """Decode every frame once at 25 FPS as BGR ``uint8 [H,W,3]``.
+
+    ``crop`` = (x, y, w, h) in source pixels, applied before resizing to ``size`` = (W, H).
+    """
+    out_w, out_h = size if size is not None else ((crop[2], crop[3]) if crop is not None else (info.width, info.height))
+    yield from _pipe_frames(Path(info.path), _filters(crop, size, TARGET_FPS), out_w, out_h)
+
+
+def sample_frames(info: VideoInfo, per_second: float = 2.0, max_side: int = 1280) -> list[np.ndarray]:
+    """A few frames per second at no more than ``max_side`` pixels, for locating the face."""
+    scale = min(1.0, max_side / max(info.width, info.height))
+    w = max(2, int(round(info.width * scale / 2)) * 2)
+    h = max(2, int(round(info.height * scale / 2)) * 2)
+    size = (w, h) if (w, h) != (info.width, info.height) else None
+    return list(_pipe_frames(Path(info.path), _filters(None, size, per_second), w, h))
+
+
+def read_audio(path: str | Path, sample_rate: int = AUDIO_RATE) -> np.ndarray:
+    """First audio track as mono float32 samples in [-1, 1] at ``sample_rate``."""
+    path = Path(path)
+    _check_file(path)
+    proc = _run(["-loglevel", "error", "-i", str(path), "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate),
+                 "-f", "f32le", "-acodec", "pcm_f32le", "-"])
+    if proc.returncode != 0 and not proc.stdout:
+        msg = proc.stderr.decode("utf-8", "replace")
+        if "matches no streams" in msg:
+            raise InstagError(f"{path}: has no audio track; give a video with its sound")
+        raise InstagError(f"{path}: cannot decode the audio ({_first_error_line(msg, path)}); the file may be corrupt")
+    samples = np.frombuffer(proc.stdout, dtype=np.float32).copy()
+    if samples.size == 0:
+        raise InstagError(f"{path}: the audio track is empty; give a video with its sound")
+    return samples

@@ -1,0 +1,408 @@
+"""``instag process`` / ``python data_utils/process.py data/<ID>/<ID>.mp4``: video -> ``data/<ID>/``.
+
+The steps keep upstream's task numbers (``--task 3`` still means frames) plus ours from 10 on;
+they run in the order below because later steps read what earlier ones wrote (a frame is
+decoded once, landmarks are detected once):
+
+====  ===============  ===========================================================================
+task  name             writes
+====  ===============  ===========================================================================
+1     audio            ``aud.wav`` (16 kHz mono)
+3     frames           ``ori_imgs/<i>.jpg`` (25 FPS, cropped around the face when needed), ``crop.json``
+7     landmarks        ``landmarks.npy`` [N,478,3], ``ori_imgs/<i>.lms`` (68 points)
+2     audio_features   audio-video offset check, then ``aud_mel.npy`` (or ``--audio_extractor``'s file)
+4     parsing          ``parsing/<i>.png``
+5     background       ``bc.jpg``
+6     gt_torso         ``gt_imgs/<i>.jpg``, ``torso_imgs/<i>.png``
+10    teeth            ``teeth_mask/<i>.npy``
+11    au               ``au.csv`` (kept when it is the user's own OpenFace csv)
+8     tracking         ``track_params.pt`` (+ the tracker-vs-PnP jitter report in ``meta.json``)
+9     transforms       ``transforms_train.json``, ``transforms_val.json`` (10/11 split, as upstream)
+12    priors           ``depth/<i>.npy``, ``normal/<i>.npy``
+13    debug            ``debug/frame_<i>.png`` overlays
+====  ===============  ===========================================================================
+
+A full run skips steps that ``meta.json`` records as done (and whose outputs exist) unless
+``--force``; once a step runs, every later step runs too. ``--task k`` (number or name) runs
+step k alone. A first run that fails on bad input removes everything it created.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from instag.config import parse
+from instag.data.format import AUDIO_SAMPLE_RATE, DatasetLayout
+from instag.errors import InstagError
+from instag.io.atomic import remove_stale_temporaries, write_json
+
+EXTRACTOR_CHOICES = ("mel", "deepspeech", "esperanto", "hubert", "ave")
+
+
+@dataclass
+class ProcessConfig:
+    """Preprocess a talking-head video into upstream's data/<ID>/ layout (embedded defaults, nothing downloaded)."""
+
+    path: str = field(metadata={"help": "the video, e.g. data/<ID>/<ID>.mp4 (may also be given without --path)"})
+    out: str | None = field(default=None, metadata={"help": "output folder (default: the video's folder)"})
+    task: str = field(default="-1", metadata={"help": "run one step only, by number or name (-1 = all): 1 audio, "
+                                                      "2 audio_features, 3 frames, 4 parsing, 5 background, 6 gt_torso, "
+                                                      "7 landmarks, 8 tracking, 9 transforms, 10 teeth, 11 au, 12 priors, "
+                                                      "13 debug"})
+    force: bool = field(default=False, metadata={"help": "redo steps already done"})
+    audio_extractor: str = field(default="mel", metadata={"help": "audio features to extract", "choices": EXTRACTOR_CHOICES})
+    fix_av_offset: bool = field(default=False, metadata={"help": "shift aud.wav when the audio-video offset check finds "
+                                                                 "more than one frame of offset"})
+    tracker: str = field(default="landmarks", metadata={"help": "head tracker: landmark bundle adjustment, or upstream's "
+                                                                "BFM tracker (needs 3DMM files)", "choices": ("landmarks", "bfm")})
+    teeth: str = field(default="color", metadata={"help": "teeth masks: colour rule, or EasyPortrait (needs its weights)",
+                                                  "choices": ("color", "easyportrait")})
+    au_csv: str | None = field(default=None, metadata={"help": "use this OpenFace csv as au.csv instead of estimating AUs"})
+    max_face_gap: int = field(default=5, metadata={"help": "longest run of frames without a face that is interpolated"})
+    smooth: float = field(default=3.0, metadata={"help": "temporal smoothness weight of the head tracker"})
+    debug_frames: int = field(default=4, metadata={"help": "frames drawn into debug/ overlays"})
+
+
+@dataclass
+class Step:
+    task: int
+    name: str
+    run: Callable[[Context], dict | None]
+    outputs: Callable[[DatasetLayout, int], list[Path]]
+
+
+class Context:
+    """What the steps share: config, layout, source facts, cached landmarks and the meta record."""
+
+    def __init__(self, cfg: ProcessConfig, layout: DatasetLayout, info, meta: dict):
+        self.cfg = cfg
+        self.layout = layout
+        self.info = info
+        self.meta = meta
+        self._landmarks: np.ndarray | None = None
+
+    @property
+    def num_frames(self) -> int:
+        n = int(self.meta.get("num_frames", 0))
+        if n <= 0:
+            raise InstagError(f"{self.layout.root}: frames not decoded yet; run the frame step (--task 3)")
+        return n
+
+    @property
+    def landmarks(self) -> np.ndarray:
+        if self._landmarks is None:
+            from instag.preprocess import landmarks
+
+            self._landmarks = landmarks.load(self.layout)
+        return self._landmarks
+
+    def frame_size(self) -> tuple[int, int]:
+        w, h = self.meta.get("frame_size", (0, 0))
+        return int(w), int(h)
+
+    def log(self, msg: str) -> None:
+        print(f"instag process: {msg}", flush=True)
+        self.meta.setdefault("notes", []).append(msg)
+
+
+# ------------------------------------------------------------------------------------------ steps
+def _audio(ctx: Context) -> dict:
+    from instag.io.video import read_audio
+    from instag.io.wav import write_wav
+
+    samples = read_audio(ctx.info.path, AUDIO_SAMPLE_RATE)
+    if float(np.abs(samples).max()) < 1e-4:
+        raise InstagError(f"{ctx.info.path}: the audio track is silent; the speech drives training, give the video "
+                          "with its sound")
+    if ctx.info.audio_rate != AUDIO_SAMPLE_RATE or ctx.info.audio_channels != 1:
+        ctx.log(f"audio {ctx.info.audio_rate} Hz, {ctx.info.audio_channels} channel(s) -> {AUDIO_SAMPLE_RATE} Hz mono aud.wav")
+    write_wav(ctx.layout.audio_wav, samples, AUDIO_SAMPLE_RATE)
+    return {"audio_seconds": round(samples.size / AUDIO_SAMPLE_RATE, 3)}
+
+
+def _frames(ctx: Context) -> dict:
+    from instag.preprocess import frames
+
+    note = ctx.info.describe_rate()
+    if note:
+        ctx.log(note)
+    n = frames.run(ctx.layout, ctx.info, log=ctx.log)
+    crop = json.loads(ctx.layout.crop.read_text(encoding="utf-8"))
+    ctx.meta["num_frames"] = n
+    ctx.meta["frame_size"] = list(crop["output_size"])
+    return {"frames": n, "cropped": bool(crop["applied"])}
+
+
+def _landmarks(ctx: Context) -> dict:
+    from instag.preprocess import landmarks
+
+    lm = landmarks.run(ctx.layout, ctx.num_frames, log=ctx.log, max_gap=ctx.cfg.max_face_gap)
+    ctx._landmarks = lm
+    return {"frames": len(lm)}
+
+
+def _audio_features(ctx: Context) -> dict:
+    from instag.audio.registry import get_extractor
+    from instag.io.atomic import save_npy
+    from instag.io.wav import read_wav, to_mono, write_wav
+    from instag.preprocess import av_sync
+
+    if not ctx.layout.audio_wav.exists():
+        raise InstagError(f"{ctx.layout.audio_wav}: missing; run the audio step (--task 1)")
+    samples, rate = read_wav(ctx.layout.audio_wav)
+    samples = to_mono(samples)
+    record: dict = {}
+    opening = av_sync.mouth_opening(ctx.landmarks)
+    if len(opening) >= 2 * av_sync.MAX_LAG + 10:
+        offset, confidence = av_sync.estimate_offset(opening, samples, rate)
+        record["av_offset_frames"] = offset
+        record["av_offset_confidence"] = round(confidence, 2)
+        if abs(offset) > 1:
+            side = "lags" if offset > 0 else "leads"
+            msg = f"audio {side} the video by {abs(offset)} frames (confidence {confidence:.1f})"
+            if confidence < av_sync.MIN_CONFIDENCE:
+                ctx.log(msg + f"; below {av_sync.MIN_CONFIDENCE:g} the estimate is uncertain, aud.wav left as is")
+            elif ctx.cfg.fix_av_offset:
+                samples = av_sync.shift_audio(samples, offset, rate)
+                write_wav(ctx.layout.audio_wav, samples, rate)
+                record["av_offset_fixed"] = offset
+                ctx.log(msg + "; shifted aud.wav to line them up")
+            else:
+                ctx.log(msg + "; rerun with --fix_av_offset to correct aud.wav, or check the source")
+    else:
+        record["av_offset_frames"] = None
+        ctx.log(f"clip too short ({len(opening)} frames) for the audio-video offset check; skipped")
+    extractor = get_extractor(ctx.cfg.audio_extractor)
+    feats = extractor.extract(samples, ctx.num_frames)
+    save_npy(ctx.layout.root / extractor.file_name, feats)
+    record.update({"extractor": extractor.name, "file": extractor.file_name, "shape": list(feats.shape)})
+    return record
+
+
+def _parsing(ctx: Context) -> None:
+    from instag.preprocess import parsing
+
+    parsing.run(ctx.layout, ctx.landmarks)
+
+
+def _background(ctx: Context) -> None:
+    from instag.preprocess import background
+
+    background.run(ctx.layout, ctx.num_frames)
+
+
+def _gt_torso(ctx: Context) -> None:
+    from instag.preprocess import gt_torso
+
+    gt_torso.run(ctx.layout, ctx.num_frames)
+
+
+def _teeth(ctx: Context) -> dict:
+    if ctx.cfg.teeth == "easyportrait":
+        from instag.preprocess import easyportrait
+
+        easyportrait.write_teeth_masks(ctx.layout, easyportrait.load_model(), force=True, progress=False)
+        return {"method": "easyportrait"}
+    from instag.preprocess import teeth
+
+    teeth.run(ctx.layout, ctx.landmarks)
+    return {"method": "color"}
+
+
+def _au(ctx: Context) -> dict:
+    from instag.preprocess import au
+
+    target = ctx.layout.au_csv
+    if ctx.cfg.au_csv:
+        source = Path(ctx.cfg.au_csv)
+        table = au.read_au_csv(source)
+        _check_au_rows(source, table, ctx.num_frames)
+        if source.resolve() != target.resolve():
+            shutil.copyfile(source, target)
+        return {"source": "user", "path": str(source)}
+    previous = ctx.meta.get("steps", {}).get("au", {})
+    if target.exists() and previous.get("source") != "estimated":
+        _check_au_rows(target, au.read_au_csv(target), ctx.num_frames)
+        ctx.log(f"{target}: using the OpenFace csv found there")
+        return {"source": "user", "path": str(target)}
+    au.write_au_csv(target, au.estimate(ctx.landmarks))
+    return {"source": "estimated"}
+
+
+def _check_au_rows(path: Path, table: dict, num_frames: int) -> None:
+    rows = len(next(iter(table.values())))
+    if rows < num_frames:
+        raise InstagError(f"{path}: {rows} rows but the video has {num_frames} frames at 25 FPS; run OpenFace on the "
+                          "25-FPS frames (ori_imgs) or delete the csv to estimate AUs from landmarks")
+
+
+def _tracking(ctx: Context) -> dict:
+    if ctx.cfg.tracker == "bfm":
+        from instag.preprocess import bfm
+
+        bfm.track_with_bfm(ctx.layout)
+        return {"tracker": "bfm"}
+    from instag.preprocess import tracking
+
+    width, height = ctx.frame_size()
+    report = tracking.run(ctx.layout, ctx.landmarks, width, height, log=ctx.log, smooth=ctx.cfg.smooth)
+    ctx.meta["tracking"] = report
+    return {"tracker": "landmarks"}
+
+
+def _transforms(ctx: Context) -> dict:
+    from instag.preprocess import tracking
+
+    n_train, n_val = tracking.write_transforms(ctx.layout, rule="process")
+    return {"train": n_train, "val": n_val}
+
+
+def _priors(ctx: Context) -> dict:
+    from instag.preprocess import priors, tracking
+
+    if "shape" not in tracking.load(ctx.layout):
+        ctx.log("track_params.pt has no landmark shape (BFM track): mesh priors skipped; use Sapiens priors instead")
+        return {"skipped": True}
+    priors.run(ctx.layout)
+    return {}
+
+
+def _debug(ctx: Context) -> dict:
+    from instag.preprocess import debug
+
+    return {"frames": debug.run(ctx.layout, ctx.landmarks, ctx.cfg.debug_frames)}
+
+
+def _per_frame(folder: str, suffix: str) -> Callable[[DatasetLayout, int], list[Path]]:
+    def outputs(layout: DatasetLayout, n: int) -> list[Path]:
+        return [layout.root / folder / f"{i}{suffix}" for i in range(n)]
+
+    return outputs
+
+
+STEPS: list[Step] = [
+    Step(1, "audio", _audio, lambda lay, n: [lay.audio_wav]),
+    Step(3, "frames", _frames, lambda lay, n: [lay.crop, *_per_frame("ori_imgs", ".jpg")(lay, n)]),
+    Step(7, "landmarks", _landmarks, lambda lay, n: [lay.landmarks, *_per_frame("ori_imgs", ".lms")(lay, n)]),
+    Step(2, "audio_features", _audio_features, lambda lay, n: []),
+    Step(4, "parsing", _parsing, _per_frame("parsing", ".png")),
+    Step(5, "background", _background, lambda lay, n: [lay.background]),
+    Step(6, "gt_torso", _gt_torso, lambda lay, n: [*_per_frame("gt_imgs", ".jpg")(lay, n), *_per_frame("torso_imgs", ".png")(lay, n)]),
+    Step(10, "teeth", _teeth, _per_frame("teeth_mask", ".npy")),
+    Step(11, "au", _au, lambda lay, n: [lay.au_csv]),
+    Step(8, "tracking", _tracking, lambda lay, n: [lay.track_params]),
+    Step(9, "transforms", _transforms, lambda lay, n: [lay.transforms("train"), lay.transforms("val")]),
+    Step(12, "priors", _priors, lambda lay, n: [*_per_frame("depth", ".npy")(lay, n), *_per_frame("normal", ".npy")(lay, n)]),
+    Step(13, "debug", _debug, lambda lay, n: []),
+]
+
+
+def find_step(task: str) -> Step:
+    for step in STEPS:
+        if task.strip() in (str(step.task), step.name):
+            return step
+    names = ", ".join(f"{s.task}={s.name}" for s in sorted(STEPS, key=lambda s: s.task))
+    raise InstagError(f"unknown --task {task!r}; choose -1 (all) or one of {names}")
+
+
+def _done(step: Step, ctx: Context) -> bool:
+    record = ctx.meta.get("steps", {}).get(step.name)
+    if not record or not record.get("done"):
+        return False
+    n = int(ctx.meta.get("num_frames", 0))
+    outputs = step.outputs(ctx.layout, n)
+    if step.name == "audio_features":
+        outputs = [ctx.layout.root / record.get("file", "")] if record.get("extractor") == ctx.cfg.audio_extractor else []
+        if not outputs:
+            return False
+    return all(p.exists() for p in outputs)
+
+
+def _load_meta(layout: DatasetLayout) -> dict:
+    if not layout.meta.exists():
+        return {}
+    try:
+        return json.loads(layout.meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _positional(argv: list[str] | None) -> list[str]:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and not args[0].startswith("-"):
+        return ["--path", *args]
+    return args
+
+
+def run(cfg: ProcessConfig) -> dict:
+    """Run the pipeline for ``cfg``; return the meta record."""
+    from instag.io.video import probe
+
+    source = Path(cfg.path)
+    info = probe(source)  # refuses not-a-video, truncated headers and missing audio before anything is written
+    root = Path(cfg.out) if cfg.out else source.parent
+    layout = DatasetLayout.of(root)
+    fresh_root = not root.exists()
+    before = set(root.iterdir()) if root.exists() else set()
+    meta = _load_meta(layout)
+    first_run = not meta
+    meta.setdefault("source", info.as_dict())
+    meta.setdefault("steps", {})
+    meta["notes"] = []
+    if Path(meta["source"].get("path", "")).resolve() != source.resolve():
+        meta = {"source": info.as_dict(), "steps": {}, "notes": []}
+    ctx = Context(cfg, layout, info, meta)
+    selected = [find_step(cfg.task)] if cfg.task.strip() != "-1" else STEPS
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(root)  # left by a run killed mid-write
+        rerun_rest = cfg.force
+        for step in selected:
+            if len(selected) > 1 and not rerun_rest and _done(step, ctx):
+                print(f"instag process: [{step.task:>2}] {step.name}: done before, skipped (--force redoes it)", flush=True)
+                continue
+            rerun_rest = True
+            t0 = time.perf_counter()
+            result = step.run(ctx) or {}
+            seconds = time.perf_counter() - t0
+            meta["steps"][step.name] = {"done": True, "seconds": round(seconds, 3), **result}
+            write_json(layout.meta, meta)
+            print(f"instag process: [{step.task:>2}] {step.name}: {seconds:.1f} s", flush=True)
+    except InstagError:
+        if first_run:
+            _remove_new(root, before, fresh_root)
+        raise
+    return meta
+
+
+def _remove_new(root: Path, before: set[Path], fresh_root: bool) -> None:
+    """Delete what a failed first run created, so bad input leaves no partial dataset."""
+    if fresh_root:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    if not root.exists():
+        return
+    for entry in root.iterdir():
+        if entry not in before:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(ProcessConfig, _positional(argv), prog="instag process")
+    meta = run(cfg)
+    steps = meta.get("steps", {})
+    total = sum(s.get("seconds", 0.0) for s in steps.values())
+    print(f"instag process: {meta.get('num_frames', 0)} frames ready in {Path(cfg.out or Path(cfg.path).parent)} "
+          f"({total:.1f} s of steps)")
+    return 0

@@ -1,0 +1,342 @@
+"""Preprocessing on a real clip: every step's outputs, in upstream's shapes and counts.
+
+The pipeline runs once (module fixture) on the first 2.4 s of ``r3dp_may_5s.mp4`` from
+``../shared/data``; the tests then check what each step wrote. Unit tests of the pieces
+(gap filling, topology, rasteriser, AU csv, crop choice, pose conventions) need no data.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from instag.data.format import PARSING_BGR, DatasetLayout
+from instag.errors import InstagError
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CLIP = DATA / "video" / "r3dp_may_5s.mp4"
+SECONDS = 2.4
+N = 60  # frames in SECONDS at 25 FPS
+
+
+def ffmpeg(*args: str) -> None:
+    from instag.io.video import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory):
+    if not CLIP.exists():
+        pytest.skip(f"test clip {CLIP} not found (../shared/data beside the repository)")
+    from instag.preprocess.pipeline import ProcessConfig, run
+
+    root = tmp_path_factory.mktemp("may")
+    video = root / "may" / "may.mp4"
+    video.parent.mkdir()
+    ffmpeg("-i", str(CLIP), "-t", str(SECONDS), "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18",
+           "-c:a", "aac", str(video))
+    meta = run(ProcessConfig(path=str(video), debug_frames=2))
+    return DatasetLayout.of(video.parent), meta
+
+
+# ------------------------------------------------------------------------------------------ pipeline outputs
+def test_frames_and_crop(processed):
+    layout, meta = processed
+    assert meta["num_frames"] == N
+    assert layout.num_frames() == N
+    img = cv2.imread(str(layout.ori_image(N - 1)))
+    assert img.shape == (512, 512, 3)
+    crop = json.loads(layout.crop.read_text())
+    assert crop["applied"] is False and crop["box"] == [0, 0, 512, 512] and crop["output_size"] == [512, 512]
+
+
+def test_audio_and_features(processed):
+    from instag.io.wav import read_wav
+
+    layout, meta = processed
+    samples, rate = read_wav(layout.audio_wav)
+    assert rate == 16000 and samples.ndim == 1
+    assert abs(samples.size / rate - SECONDS) < 0.1
+    feats = np.load(layout.audio_features("mel"))
+    assert feats.shape[0] == N and np.isfinite(feats).all()
+    assert "av_offset_frames" in meta["steps"]["audio_features"]
+
+
+def test_landmarks_and_lms(processed):
+    from instag.preprocess.mesh import MESH_TO_68
+
+    layout, _ = processed
+    lm = np.load(layout.landmarks)
+    assert lm.shape == (N, 478, 3) and lm.dtype == np.float32
+    assert (lm[..., :2] > 0).all() and (lm[..., :2] < 512).all()
+    lms = np.loadtxt(layout.lms(7))
+    assert lms.shape == (68, 2)
+    np.testing.assert_allclose(lms, lm[7, MESH_TO_68, :2], atol=1e-3)
+    # the 68-point layout: jaw spans the face, the chin (8) is its lowest point, eyes above the mouth
+    assert lms[8, 1] == pytest.approx(lms[:17, 1].max(), abs=3)
+    assert lms[36:48, 1].mean() < lms[48:68, 1].mean()
+
+
+def test_parsing_colours(processed):
+    layout, _ = processed
+    par = cv2.imread(str(layout.parsing(10)))
+    assert par.shape == (512, 512, 3)
+    colours = {tuple(int(v) for v in c) for c in np.unique(par.reshape(-1, 3), axis=0)}
+    assert colours <= set(PARSING_BGR.values())
+    from instag.preprocess.parsing import decode
+
+    masks = decode(par)
+    total = 512 * 512
+    assert 0.05 * total < masks["head"].sum() < 0.5 * total
+    assert masks["background"].sum() > 0.1 * total
+    assert masks["hair"].sum() > 0 and masks["torso"].sum() > 0 and masks["neck"].sum() > 0
+    lm = np.load(layout.landmarks)[10]
+    nose = np.round(lm[4, :2]).astype(int)
+    assert masks["head"][nose[1], nose[0]]  # the nose tip is head
+    assert masks["background"][5, 5] or masks["background"][5, -5]  # a top corner is background
+
+
+def test_background_gt_torso(processed):
+    layout, _ = processed
+    bc = cv2.imread(str(layout.background))
+    assert bc.shape == (512, 512, 3)
+    assert len(list(layout.gt_dir.glob("*.jpg"))) == N
+    torso = cv2.imread(str(layout.torso_image(3)), cv2.IMREAD_UNCHANGED)
+    assert torso.shape == (512, 512, 4)
+    alpha = torso[..., 3]
+    assert set(np.unique(alpha)) <= {0, 255}
+    assert (torso[..., :3][alpha == 0] == 0).all()
+    par = cv2.imread(str(layout.parsing(3)))
+    from instag.preprocess.parsing import decode
+
+    masks = decode(par)
+    assert (alpha[masks["torso"] | masks["neck"]] == 255).all()
+    gt = cv2.imread(str(layout.gt_image(3))).astype(np.int16)
+    bg = masks["background"]
+    assert np.abs(gt[bg] - bc[bg].astype(np.int16)).mean() < 6  # background replaced by the plate
+
+
+def test_teeth_masks(processed):
+    from instag.preprocess.mesh import INNER_LIPS
+
+    layout, _ = processed
+    lm = np.load(layout.landmarks)
+    any_teeth = 0
+    for i in range(0, N, 5):
+        mask = np.load(layout.teeth_mask(i))
+        assert mask.shape == (512, 512) and mask.dtype == bool
+        lips = np.zeros((512, 512), np.uint8)
+        cv2.fillPoly(lips, [np.round(lm[i, INNER_LIPS, :2]).astype(np.int32)], 1)
+        assert not (mask & ~cv2.dilate(lips, np.ones((3, 3), np.uint8)).astype(bool)).any()
+        any_teeth += int(mask.sum())
+    assert any_teeth > 0  # she speaks: teeth show in some frame
+
+
+def test_au_csv(processed):
+    from instag.preprocess.au import AU_NAMES, read_au_csv
+
+    layout, _ = processed
+    header = layout.au_csv.read_text().splitlines()[0].split(",")
+    assert header[:5] == ["frame", " face_id", " timestamp", " confidence", " success"]
+    assert " AU45_r" in header and " AU25_r" in header
+    table = read_au_csv(layout.au_csv)
+    for name in AU_NAMES:
+        v = table[f"{name}_r"]
+        assert v.shape == (N,) and (v >= 0).all() and (v <= 5).all()
+    assert table["AU25_r"].max() > 0.5  # lips part while talking
+    assert table["frame"][0] == 1 and table["timestamp"][1] == pytest.approx(0.04)
+
+
+def test_tracking_outputs(processed):
+    layout, meta = processed
+    params = torch.load(layout.track_params, weights_only=True)
+    assert params["euler"].shape == (N, 3) and params["trans"].shape == (N, 3) and params["focal"].shape == (1,)
+    assert params["shape"].shape == (478, 3)
+    width = (params["shape"][454] - params["shape"][234]).norm()
+    assert width == pytest.approx(0.18, rel=0.05)  # DESIGN's head units
+    assert params["error_px"].mean() < 4.0
+    report = meta["tracking"]
+    assert 0.5 < report["camera_distance"] < 0.9
+    assert report["tracker"]["rot_acc_deg"] < report["pnp"]["rot_acc_deg"]
+    assert report["tracker"]["trans_acc"] < report["pnp"]["trans_acc"]
+
+
+def test_transforms(processed):
+    layout, _ = processed
+    train = json.loads(layout.transforms("train").read_text())
+    val = json.loads(layout.transforms("val").read_text())
+    assert len(train["frames"]) == N * 10 // 11 and len(train["frames"]) + len(val["frames"]) == N
+    assert train["cx"] == 256 and train["cy"] == 256 and train["focal_len"] > 100
+    frame = train["frames"][0]
+    assert frame["img_id"] == frame["aud_id"] == 0
+    c2w = np.array(frame["transform_matrix"])
+    rot = c2w[:3, :3]
+    np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-5)
+    assert 0.5 < c2w[2, 3] < 0.9  # camera on the +z side of the head, ~0.7 away
+    assert rot[2, 2] > 0.9  # OpenGL: the camera looks down its -z, i.e. toward the head at the origin
+    # the landmarks project where MediaPipe found them (OpenGL c2w -> OpenCV w2c)
+    params = torch.load(layout.track_params, weights_only=True)
+    w2c = np.linalg.inv(c2w @ np.diag([1, -1, -1, 1]))
+    pts = params["shape"].double().numpy() @ w2c[:3, :3].T + w2c[:3, 3]
+    uv = train["focal_len"] * pts[:, :2] / pts[:, 2:] + 256
+    lm = np.load(layout.landmarks)[0]
+    assert np.median(np.linalg.norm(uv[:468] - lm[:468, :2], axis=-1)) < 5
+
+
+def test_priors(processed):
+    layout, _ = processed
+    depth = np.load(layout.depth_prior(5)).astype(np.float32)
+    normal = np.load(layout.normal_prior(5)).astype(np.float32)
+    assert depth.shape == (512, 512) and normal.shape == (512, 512, 3)
+    face = depth > 0
+    assert 0.05 * 512 * 512 < face.sum() < 0.5 * 512 * 512
+    assert 0.5 < depth[face].min() and depth[face].max() < 1.0
+    np.testing.assert_allclose(np.linalg.norm(normal[face], axis=-1), 1, atol=0.02)
+    assert (normal[face][:, 2] < 0).mean() > 0.95  # facing the camera (OpenCV z forward)
+    assert (normal[~face] == 0).all()
+    lm = np.load(layout.landmarks)[5]
+    nose, cheek = np.round(lm[4, :2]).astype(int), np.round(lm[234, :2]).astype(int) + np.array([8, 0])
+    assert depth[nose[1], nose[0]] < depth[cheek[1], cheek[0]]  # the nose is nearer than the cheek
+
+
+def test_debug_and_meta(processed):
+    layout, meta = processed
+    pngs = sorted(layout.debug_dir.glob("frame_*.png"))
+    assert len(pngs) == 2
+    assert cv2.imread(str(pngs[0])).shape == (1024, 1024, 3)
+    assert all(meta["steps"][s]["done"] for s in ("audio", "frames", "landmarks", "priors", "debug"))
+
+
+def test_resume_skips_and_task_reruns(processed, capsys):
+    from instag.preprocess.pipeline import ProcessConfig, run
+
+    layout, _ = processed
+    video = layout.root / "may.mp4"
+    before = layout.track_params.stat().st_mtime_ns
+    run(ProcessConfig(path=str(video)))
+    out = capsys.readouterr().out
+    assert out.count("skipped") == 13
+    assert layout.track_params.stat().st_mtime_ns == before
+    run(ProcessConfig(path=str(video), task="9"))
+    assert "[ 9] transforms" in capsys.readouterr().out
+
+
+def test_split(processed):
+    from instag.preprocess.split import main
+
+    layout, _ = processed
+    with pytest.raises(InstagError, match="last 12 s"):
+        main([str(layout.root / "may.mp4")])
+    assert main([str(layout.root), "--val_fraction", "0.25"]) == 0
+    val = json.loads(layout.transforms("val").read_text())["frames"]
+    train = json.loads(layout.transforms("train").read_text())["frames"]
+    assert len(val) == 15 and len(train) == 45 and val[0]["img_id"] == 45
+
+
+def test_fix_av_offset_shifts_audio(processed, monkeypatch, capsys):
+    from instag.io.wav import read_wav
+    from instag.preprocess import av_sync
+    from instag.preprocess.pipeline import ProcessConfig, run
+
+    layout, _ = processed
+    before, _ = read_wav(layout.audio_wav)
+    monkeypatch.setattr(av_sync, "estimate_offset", lambda *a, **k: (3, 9.0))
+    run(ProcessConfig(path=str(layout.root / "may.mp4"), task="2"))
+    assert "audio lags the video by 3 frames" in capsys.readouterr().out
+    np.testing.assert_array_equal(read_wav(layout.audio_wav)[0], before)  # reported, not changed
+    meta = run(ProcessConfig(path=str(layout.root / "may.mp4"), task="audio_features", fix_av_offset=True))
+    after, _ = read_wav(layout.audio_wav)
+    assert meta["steps"]["audio_features"]["av_offset_fixed"] == 3
+    shift = 3 * 16000 // 25
+    np.testing.assert_allclose(after[: after.size - shift], before[shift:], atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ units
+def test_fill_gaps():
+    from instag.preprocess.landmarks import fill_gaps
+
+    frames = [np.full((478, 3), float(i), np.float32) for i in range(20)]
+    frames[5] = frames[6] = None
+    out, filled = fill_gaps(frames, "clip")
+    assert filled == [5, 6]
+    np.testing.assert_allclose(out[5], 5.0) and np.testing.assert_allclose(out[6], 6.0)
+    frames[8:15] = [None] * 7
+    with pytest.raises(InstagError, match="frames 8-14"):
+        fill_gaps(frames, "clip")
+
+
+def test_pick_main_face():
+    from instag.preprocess.landmarks import pick_main_face
+
+    small = np.zeros((478, 3), np.float32)
+    small[:, :2] = np.random.default_rng(0).uniform(10, 60, (478, 2))
+    big = np.zeros((478, 3), np.float32)
+    big[:, :2] = np.random.default_rng(1).uniform(150, 350, (478, 2))
+    assert pick_main_face([small, big], 512, 512) == 1
+
+
+def test_mesh_topology():
+    from instag.preprocess.mesh import MESH_TO_68, face_oval, triangles
+
+    tris = triangles()
+    assert tris.shape[1] == 3 and 840 <= len(tris) <= 860 and tris.max() < 468
+    assert len(set(MESH_TO_68.tolist())) == 68
+    assert len(face_oval()) == 36
+
+
+def test_rasterize_triangle():
+    from instag.preprocess.priors import rasterize
+
+    verts = torch.tensor([[-0.1, -0.1, 1.0], [0.1, -0.1, 1.0], [0.0, 0.1, 1.0], [-0.1, -0.1, 2.0], [0.1, -0.1, 2.0],
+                          [0.0, 0.1, 2.0]], dtype=torch.float64)
+    normals = torch.tensor([[0, 0, -1.0]] * 6, dtype=torch.float64)
+    tris = torch.tensor([[3, 4, 5], [0, 1, 2]])
+    depth, normal = rasterize(verts, normals, tris, 100.0, 64, 64)
+    assert depth[32, 32] == pytest.approx(1.0)  # the nearer triangle wins the z-test
+    assert depth[0, 0] == 0 and (normal[32, 32] == torch.tensor([0, 0, -1.0], dtype=torch.float64)).all()
+    assert 150 < int((depth > 0).sum()) < 250  # area of the near triangle: 0.5 * 20 * 20 px
+
+
+def test_euler_convention_matches_bfm():
+    from instag.preprocess.bfm import euler_to_rotation
+    from instag.preprocess.tracking import euler_from_matrix
+
+    e = torch.tensor([[0.1, -0.2, 0.3], [-0.4, 0.05, 0.2]], dtype=torch.float64)
+    np.testing.assert_allclose(euler_from_matrix(euler_to_rotation(e).numpy()), e.numpy(), atol=1e-9)
+
+
+def test_au_csv_roundtrip(tmp_path):
+    from instag.preprocess.au import read_au_csv, write_au_csv
+
+    values = {"AU01_r": np.array([0.0, 1.5]), "AU45_r": np.array([2.0, 0.0])}
+    write_au_csv(tmp_path / "au.csv", values)
+    first = (tmp_path / "au.csv").read_text().splitlines()[0]
+    assert first == "frame, face_id, timestamp, confidence, success, AU01_r, AU45_r, AU01_c, AU45_c"
+    with pytest.raises(InstagError, match="AU04_r"):
+        read_au_csv(tmp_path / "au.csv")  # training needs AU04 too
+    openface = "frame, face_id, timestamp, confidence, success, " + ", ".join(
+        f"AU{n}_r" for n in ("01", "04", "05", "06", "07", "25", "45")) + "\n1, 0, 0.0, 0.98, 1, 1, 2, 3, 4, 5, 0.5, 1.2\n"
+    (tmp_path / "of.csv").write_text(openface)
+    table = read_au_csv(tmp_path / "of.csv")
+    assert table["AU45_r"][0] == pytest.approx(1.2) and table["AU01_r"][0] == 1
+
+
+def test_choose_crop_wide_shot():
+    from instag.io.video import VideoInfo
+    from instag.preprocess.frames import choose_crop
+
+    info = VideoInfo("v.mp4", 1920, 1080, 25.0, 100, 4.0, False, True, 48000, 2, "h264")
+    crop = choose_crop(info, (np.array([900.0, 400.0]), 200.0), 1.0)
+    x, y, w, h = crop["box"]
+    assert crop["applied"] and w == h == 520 and crop["output_size"] == [512, 512]
+    assert x <= 900 - 100 and x + w >= 900 + 100 and 0 <= y and y + h <= 1080
+    keep = choose_crop(VideoInfo("v.mp4", 512, 512, 25.0, 100, 4.0, False, True, 48000, 2, "h264"),
+                       (np.array([256.0, 256.0]), 200.0), 1.0)
+    assert not keep["applied"]
