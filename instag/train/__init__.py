@@ -1,0 +1,1 @@
+"""Training: one engine for face / mouth / fuse stages in pre-training and adaptation."""

@@ -1,0 +1,173 @@
+"""``instag adapt``: motion-aligned adaptation to a new identity (face, mouth, fuse), then evaluation.
+
+Starts the universal fields from ``--pretrain_path`` (the EMA fields of ``instag pretrain``),
+fits new clouds and the motion aligners on the first ``--N_views`` training frames, and writes
+``<model_path>/chkpnt_{face,mouth,fuse}_latest.{safetensors,json}`` (the fused one is what
+synthesis loads). Each stage resumes from its own state with ``--resume``; a finished stage is
+skipped. Afterwards the validation split is rendered and scored (``instag evaluate``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from instag.config import parse
+from instag.data.dataset import load_clip, merge_clips
+from instag.errors import InstagError
+from instag.io.atomic import write_json
+from instag.model.talking_head import TalkingHead, load_tensors
+from instag.train.checkpoint import (
+    check_extractor,
+    load_universal,
+    pretrained_extractor,
+    resolve_pretrain_dir,
+    universal_stem,
+)
+from instag.train.config import stage_config
+from instag.train.engine import Identity
+from instag.train.run import INCOMPLETE, pick_device, pick_workers, run_stage, set_seed, stage_done
+
+EXTRACTORS = ("mel", "deepspeech", "esperanto", "hubert", "ave")
+PRESETS = {
+    "upstream": {"face": 10_000, "mouth": 10_000, "fuse": 2_000, "max_side": 0, "face_init": 2000, "mouth_init": 5000},
+    "default": {"face": 2_000, "mouth": 1_500, "fuse": 500, "max_side": 0, "face_init": 2000, "mouth_init": 5000},
+    "tiny": {"face": 200, "mouth": 120, "fuse": 40, "max_side": 128, "face_init": 400, "mouth_init": 400},
+}
+STAGE_ORDER = ("face", "mouth", "fuse")
+
+
+@dataclass
+class AdaptConfig:
+    """Motion-aligned adaptation of the pre-trained fields to a new identity, then evaluation."""
+
+    source_path: str = field(metadata={"flags": ("-S", "-s"), "help": "processed clip data/<ID>"})
+    model_path: str = field(metadata={"flags": ("-M", "-m"), "help": "output folder output/<ID>"})
+    pretrain_path: str = field(default="output/pretrain_model", metadata={"help": "pre-training folder (or one of its checkpoint files)"})
+    audio_extractor: str | None = field(default=None, metadata={"choices": EXTRACTORS, "help": "default: the one recorded in the pre-trained checkpoint"})
+    N_views: int = field(default=-1, metadata={"help": "use the first N training frames (250 = 10 s); -1 = all"})
+    long: bool = field(default=False, metadata={"help": "long-video recipe: no geometry priors, no opacity reset, SH degree 2"})
+    all_for_train: bool = field(default=False, metadata={"help": "also train on the validation frames (metrics become meaningless)"})
+    preset: str = field(default="default", metadata={"choices": tuple(PRESETS), "help": "recipe size: default (fast), upstream (10k/10k/2k), tiny (CI)"})
+    iterations: int = field(default=0, metadata={"help": "face-stage iterations (0 = preset)"})
+    mouth_iterations: int = field(default=0, metadata={"help": "mouth-stage iterations (0 = preset)"})
+    fuse_iterations: int = field(default=0, metadata={"help": "fuse-stage iterations (0 = preset)"})
+    stages: str = field(default="face,mouth,fuse", metadata={"help": "comma list of stages to run"})
+    max_side: int = field(default=-1, metadata={"help": "train at this longer image side (0 = native, -1 = preset)"})
+    resume: bool = field(default=False, metadata={"help": "continue stopped stages from their last checkpoints"})
+    stop_after: float = field(default=0.0, metadata={"help": "save and stop after this many seconds (0 = run to the end)"})
+    evaluate: bool = field(default=True, metadata={"help": "render and score the validation split afterwards"})
+    dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha when compositing the evaluation renders"})
+    device: str = field(default="auto", metadata={"help": "cuda, cpu or auto"})
+    workers: int = field(default=-1, metadata={"help": "data-loader workers (-1 = auto)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+
+
+def _extractor(cfg: AdaptConfig) -> str:
+    recorded = pretrained_extractor(cfg.pretrain_path)
+    if recorded is None:
+        folder = resolve_pretrain_dir(cfg.pretrain_path)
+        raise InstagError(f"no pre-trained checkpoint {folder / (universal_stem('face') + '.safetensors')}; run "
+                          "pre-training first (bash scripts/pretrain_con.sh data/pretrain output/pretrain_model 0) or fix --pretrain_path")
+    check_extractor({"audio_extractor": recorded}, cfg.audio_extractor, resolve_pretrain_dir(cfg.pretrain_path))
+    return recorded
+
+
+def _load_head(folder: Path, stem: str, device: torch.device) -> TalkingHead:
+    tensors, meta = load_tensors(folder / f"{stem}.safetensors")
+    return TalkingHead.from_state(tensors, meta).to(device)
+
+
+def adapt(cfg: AdaptConfig, log=print) -> int:
+    from instag.audio.registry import get_extractor
+
+    t_start = time.time()
+    preset = PRESETS[cfg.preset]
+    device = pick_device(cfg.device)
+    workers = pick_workers(cfg.workers, device)
+    set_seed(cfg.seed)
+    extractor = _extractor(cfg)
+    out = Path(cfg.model_path)
+    out.mkdir(parents=True, exist_ok=True)
+    item_shape = tuple(get_extractor(extractor).item_shape)
+    max_side = preset["max_side"] if cfg.max_side < 0 else cfg.max_side
+    few_shot = not cfg.long and cfg.N_views > 0
+    clip = load_clip(cfg.source_path, "train", extractor, n_views=cfg.N_views, max_side=max_side or None, with_priors=few_shot)
+    if cfg.all_for_train:
+        clip = merge_clips(clip, load_clip(cfg.source_path, "val", extractor, max_side=max_side or None, with_priors=few_shot))
+    log(f"instag adapt: {clip.name}: {len(clip)} training frames at {clip.size[1]}x{clip.size[0]}, {extractor} features, device {device}")
+    iters = {s: getattr(cfg, "iterations" if s == "face" else f"{s}_iterations") or preset[s] for s in STAGE_ORDER}
+    stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
+    meta = {"audio_extractor": extractor, "item_shape": list(item_shape), "source_path": str(cfg.source_path),
+            "N_views": cfg.N_views, "long": cfg.long, "preset": cfg.preset}
+    summary: dict = {"clip": clip.name, "frames": len(clip), "stages": {}}
+    head: TalkingHead | None = None
+    previous = None
+    for stage in STAGE_ORDER:
+        scfg = stage_config(stage, "adapt", iters[stage], long=cfg.long)
+        if stage == "face":
+            scfg = scfg.replace(priors_from=scfg.priors_from if few_shot else 1 << 30)
+        product = f"chkpnt_{stage}_latest"
+        if stage not in stages or (cfg.resume and stage_done(out, product, scfg.iterations)):
+            if stage in stages:
+                log(f"instag adapt: {stage} stage already complete in {out}")
+            previous = product
+            head = None
+            continue
+        if previous is not None and head is None:
+            if not stage_done(out, previous, iters[previous.split("_")[1]]):
+                raise InstagError(f"{out / (previous + '.safetensors')} is missing or unfinished; run the earlier stages first")
+            head = _load_head(out, previous, device)
+        if head is None:
+            gen = torch.Generator().manual_seed(cfg.seed)
+            head = TalkingHead.create(extractor, item_shape, preset["face_init"], preset["mouth_init"], scfg.sh_degree, generator=gen)
+            load_universal(cfg.pretrain_path, "face", head.face_field, extractor)
+            load_universal(cfg.pretrain_path, "mouth", head.mouth_field, extractor)
+        identity = Identity(clip, head)
+
+        def on_save(trainer, it, stage=stage, scfg=scfg):
+            trainer.ids[0].head.save(out, f"chkpnt_{stage}_latest", {**meta, "stage": stage, "iteration": it, "iterations": scfg.iterations})
+
+        result, _ = run_stage(scfg, [identity], device, out, f"train_{stage}", meta, cfg.resume, on_save, workers,
+                              _remaining(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet)
+        head = identity.head
+        summary["stages"][stage] = {"iterations": scfg.iterations, "reached": result.iteration, "seconds": round(result.seconds, 1),
+                                    "gaussians": [head.face.num_points, head.mouth.num_points], "loss_history": result.history}
+        write_json(out / "adapt_log.json", summary)
+        if not result.complete:
+            log(f"instag adapt: stopped at {stage} iteration {result.iteration}/{scfg.iterations}; continue with --resume")
+            return INCOMPLETE
+        log(f"instag adapt: {stage} stage done in {result.seconds:.1f} s ({head.face.num_points} face / {head.mouth.num_points} mouth Gaussians)")
+        previous = product
+    if cfg.evaluate and "fuse" in stages:
+        evaluate(cfg, device, log)
+    return 0
+
+
+def evaluate(cfg: AdaptConfig, device: torch.device, log=print) -> dict | None:
+    """Render and score the validation split through ``instag evaluate``'s path."""
+    try:
+        from instag.metrics.evaluate import evaluate_model
+    except ImportError as err:
+        log(f"instag adapt: evaluation skipped ({err})")
+        return None
+    return evaluate_model(cfg.source_path, cfg.model_path, dilate=cfg.dilate, device=str(device), log=log)
+
+
+
+def _remaining(stop_after: float, t_start: float) -> float | None:
+    """--stop_after is one deadline for the whole command, shared by its stages."""
+    return max(1e-3, stop_after - (time.time() - t_start)) if stop_after > 0 else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(AdaptConfig, argv, prog="instag adapt")
+    t0 = time.time()
+    code = adapt(cfg)
+    print(f"instag adapt: total {time.time() - t0:.0f} s", file=sys.stderr)
+    return code

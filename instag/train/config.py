@@ -1,0 +1,156 @@
+"""Typed stage configuration: one :class:`StageConfig` drives the engine for every stage.
+
+A stage is ``(stage, mode)`` with stage in face | mouth | fuse and mode in pretrain | adapt.
+:func:`stage_config` returns upstream's recipe (METHOD §3) for a stage; every iteration
+threshold in it is a fraction of the run so that ``iterations`` shortens or lengthens a run
+with its schedule intact (upstream's 10 000-iteration face adaptation with ``iterations=4000``
+warms up for 1 200 iterations instead of 3 000).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+STAGES = ("face", "mouth", "fuse")
+MODES = ("pretrain", "adapt")
+
+# Upstream iteration counts per (stage, mode); pre-training counts are global (all identities).
+UPSTREAM_ITERATIONS = {
+    ("face", "pretrain"): 150_000,
+    ("mouth", "pretrain"): 150_000,
+    ("face", "adapt"): 10_000,
+    ("mouth", "adapt"): 10_000,
+    ("fuse", "adapt"): 2_000,
+}
+
+
+@dataclass
+class StageConfig:
+    stage: str
+    mode: str
+    iterations: int
+    long: bool = False
+    sh_degree: int = 1
+    init_num: int = 2000
+    # schedule, as iteration numbers (already scaled to ``iterations``)
+    warmup: int = 0  # pretrain: static clouds; adapt: low universal LR and curriculum phase 1
+    static_warmup: bool = False  # no motion during warm-up (pre-training)
+    align_from: int = 0  # adapt: the aligner is used for it > align_from
+    curriculum_end: int = 0
+    select_interval: int = 10
+    densify_from: int = 500
+    densify_until: int = 0
+    densify_interval: int = 100
+    densify_grad_threshold: float = 0.0002
+    opacity_reset_interval: int = 0  # 0 = never
+    prune_big_from: int = 3000
+    sh_up_interval: int = 1000
+    hair_from: int = 0
+    hair_until: int = 1 << 30
+    hair_every: int = 7  # hair is supervised on one iteration in hair_every
+    late_from: int = 1 << 30  # adapt face: lips blanked, mouth mask eroded
+    priors_from: int = 1 << 30
+    freeze_from: int = 1 << 30  # adapt mouth: only colours train afterwards, black background
+    green_reset_from: int = 0
+    # learning rates
+    position_lr_init: float = 1.6e-4
+    position_lr_final: float = 1.6e-6
+    position_lr_steps: int = 45_000
+    feature_lr: float = 2.5e-3
+    opacity_lr: float = 0.05
+    scaling_lr: float = 3e-3
+    rotation_lr: float = 1e-3
+    grid_lr: float = 5e-3
+    mlp_lr: float = 5e-4
+    att_lr: float = 2.5e-3
+    grid_weight_decay: float = 0.01
+    personal_grid_lr: float = 1e-3
+    personal_mlp_lr: float = 1e-4
+    personal_align_lr: float = 5e-5
+    personal_att_lr: float = 5e-4
+    # losses
+    lambda_dssim: float = 0.2
+    motion_reg: float = 1e-5
+    align_reg: float = 1e-5
+    alpha_reg: float = 1e-3
+    lips_att_reg: float = 5e-3
+    hair_att_reg: float = 1e-4
+    contrast: float = 1.0
+    contrast_others: int = 4
+    normal_prior: float = 0.01
+    depth_prior: float = 0.01
+    lip_aux: float = 0.0
+    # pruning
+    green_prune: bool = True
+    z_prune: bool = False
+    z_prune_below: float = -0.07
+    # EMA of the universal field (pre-training)
+    ema_decay: float = 0.995
+    train_universal: bool = True
+
+    def replace(self, **kw) -> StageConfig:
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def stage_config(stage: str, mode: str, iterations: int | None = None, long: bool = False, **overrides) -> StageConfig:
+    """Upstream's recipe for ``(stage, mode)`` with its schedule scaled to ``iterations``."""
+    if stage not in STAGES or mode not in MODES or (stage, mode) not in UPSTREAM_ITERATIONS:
+        raise ValueError(f"no stage {stage!r} in mode {mode!r}")
+    base = UPSTREAM_ITERATIONS[(stage, mode)]
+    total = int(iterations or base)
+    f = total / base
+
+    def at(it: int) -> int:
+        return max(1, int(round(it * f)))
+
+    common = dict(
+        stage=stage,
+        mode=mode,
+        iterations=total,
+        long=long,
+        densify_from=max(at(500), 100),
+        densify_interval=100,  # not scaled: Gaussians need ~100 steps to regrow after an opacity reset
+        sh_up_interval=max(1, at(1000)),
+        prune_big_from=max(at(3000), min(3000, total // 2)),
+        position_lr_steps=max(1, int(45_000 * f)),
+    )
+    if stage == "face" and mode == "pretrain":
+        cfg = StageConfig(
+            **common, sh_degree=2, init_num=2000, warmup=at(5000), static_warmup=True, curriculum_end=at(100_000),
+            select_interval=15, densify_until=at(145_000), densify_grad_threshold=0.0005, lips_att_reg=5e-3,
+            hair_from=at(5000), lip_aux=0.1,
+        )
+    elif stage == "mouth" and mode == "pretrain":
+        cfg = StageConfig(
+            **common, sh_degree=2, init_num=5000, warmup=at(15_000), static_warmup=True, curriculum_end=at(100_000),
+            select_interval=7, densify_until=at(145_000), densify_grad_threshold=0.0002, contrast_others=1,
+            green_prune=False, lip_aux=0.1,
+        )
+    elif stage == "face":
+        cfg = StageConfig(
+            **common, sh_degree=2 if long else 1, init_num=2000, warmup=at(3000), align_from=at(1000),
+            curriculum_end=total, select_interval=10, densify_until=at(9000), densify_grad_threshold=0.0005,
+            opacity_reset_interval=0 if long else at(3000), hair_from=at(3001), hair_until=at(6499),
+            late_from=at(7500), priors_from=1 << 30 if long else at(5001), lips_att_reg=1e-4, z_prune=not long,
+            contrast=0.0, ema_decay=0.0,
+        )
+    elif stage == "mouth":
+        cfg = StageConfig(
+            **common, sh_degree=2 if long else 1, init_num=5000, warmup=at(3000), align_from=at(1000),
+            curriculum_end=total, select_interval=7 if long else 5, densify_until=at(45_000) if long else at(9000),
+            densify_grad_threshold=0.0002, opacity_reset_interval=0 if long else at(3000),
+            freeze_from=1 << 30 if long else at(9000), green_reset_from=at(2000), green_prune=False,
+            contrast=0.0, ema_decay=0.0,
+        )
+    else:  # fuse
+        cfg = StageConfig(
+            **common, sh_degree=2 if long else 1, warmup=0, densify_until=0, green_prune=False, contrast=0.0,
+            ema_decay=0.0, train_universal=False, opacity_lr=0.001,
+        )
+    if total < 1000:  # too short for the densify/prune schedule to settle: keep the initial clouds
+        cfg = cfg.replace(densify_until=0, opacity_reset_interval=0)
+    return cfg.replace(**overrides) if overrides else cfg

@@ -1,0 +1,170 @@
+"""``instag pretrain``: identity-free pre-training of the universal face and mouth fields.
+
+``-S data/pretrain`` holds one processed clip per identity (``data/pretrain/<id>/``); every
+identity gets its own clouds and personalized fields, all share the universal fields. The face
+stage runs first, then the mouth stage (which needs the face clouds for the FM hook). Writes
+``<model_path>/chkpnt_ema_{face,mouth}_latest.{safetensors,json}`` (what adaptation starts from)
+and resumable state ``train_pretrain_{face,mouth}.*``; ``--resume`` continues a stopped run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from instag.config import parse
+from instag.data.dataset import load_clip, merge_clips
+from instag.data.format import DatasetLayout
+from instag.errors import InstagError
+from instag.io.atomic import write_json
+from instag.model.motion import UniversalFaceField, UniversalMouthField
+from instag.model.talking_head import TalkingHead
+from instag.train.checkpoint import read_checkpoint, save_universal, unprefixed
+from instag.train.config import stage_config
+from instag.train.engine import Identity, restore_models
+from instag.train.run import INCOMPLETE, pick_device, pick_workers, run_stage, set_seed, stage_done
+
+EXTRACTORS = ("mel", "deepspeech", "esperanto", "hubert", "ave")
+PRESETS = {
+    # iterations are global (over all identities)
+    "upstream": {"face": 150_000, "mouth": 150_000, "max_side": 0, "face_init": 2000, "mouth_init": 5000},
+    "default": {"face": 12_000, "mouth": 8_000, "max_side": 0, "face_init": 2000, "mouth_init": 5000},
+    "tiny": {"face": 240, "mouth": 160, "max_side": 128, "face_init": 400, "mouth_init": 400},
+}
+
+
+@dataclass
+class PretrainConfig:
+    """Identity-free pre-training of the universal motion fields on a folder of processed clips."""
+
+    source_path: str = field(metadata={"flags": ("-S", "-s"), "help": "folder with one processed clip per identity (data/pretrain)"})
+    model_path: str = field(default="output/pretrain_model", metadata={"flags": ("-M", "-m"), "help": "output folder"})
+    audio_extractor: str = field(default="mel", metadata={"choices": EXTRACTORS, "help": "audio features to train on"})
+    preset: str = field(default="default", metadata={"choices": tuple(PRESETS), "help": "recipe size: default (≤20 GPU-min), upstream (150k+150k), tiny (CI)"})
+    iterations: int = field(default=0, metadata={"help": "face-stage iterations (0 = preset)"})
+    mouth_iterations: int = field(default=0, metadata={"help": "mouth-stage iterations (0 = preset)"})
+    stages: str = field(default="face,mouth", metadata={"help": "comma list of stages to run"})
+    identities: str = field(default="", metadata={"help": "comma list of identity folders to use (default: all)"})
+    share_audio_net: bool = field(default=False, metadata={"help": "personalized fields re-use the universal audio encoder"})
+    lip_aux: float = field(default=-1.0, metadata={"help": "weight of the audio->lip-landmark auxiliary loss (0 disables; -1 = recipe)"})
+    max_side: int = field(default=-1, metadata={"help": "train at this longer image side (0 = native, -1 = preset)"})
+    resume: bool = field(default=False, metadata={"help": "continue a stopped run from its last checkpoint"})
+    stop_after: float = field(default=0.0, metadata={"help": "save and stop after this many seconds (0 = run to the end)"})
+    device: str = field(default="auto", metadata={"help": "cuda, cpu or auto"})
+    workers: int = field(default=-1, metadata={"help": "data-loader workers (-1 = auto)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+
+
+def find_identities(root: Path, names: str) -> list[Path]:
+    if not root.is_dir():
+        raise InstagError(f"pre-training folder {root} does not exist; put one processed clip per identity in {root}/<id>/")
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if wanted:
+        dirs = [root / n for n in wanted]
+        missing = [str(d) for d in dirs if not DatasetLayout.of(d).transforms("train").exists()]
+        if missing:
+            raise InstagError(f"identities not processed (no transforms_train.json): {', '.join(missing)}")
+        return dirs
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and DatasetLayout.of(d).transforms("train").exists())
+    if not dirs:
+        raise InstagError(f"no processed clips in {root}: expected {root}/<id>/transforms_train.json; run `instag process` on each clip")
+    return dirs
+
+
+def _all_frames(root: Path, extractor: str, max_side: int | None):
+    """Pre-training uses every frame of an identity: its train and (when present) val splits."""
+    clip = load_clip(root, "train", extractor, max_side=max_side)
+    if DatasetLayout.of(root).transforms("val").exists():
+        try:
+            clip = merge_clips(clip, load_clip(root, "val", extractor, max_side=max_side))
+        except InstagError:
+            pass  # an empty or unreadable val split: train frames only
+    return clip
+
+
+def pretrain(cfg: PretrainConfig, log=print) -> int:
+    from instag.audio.registry import get_extractor
+
+    t_start = time.time()
+    preset = PRESETS[cfg.preset]
+    device = pick_device(cfg.device)
+    workers = pick_workers(cfg.workers, device)
+    set_seed(cfg.seed)
+    out = Path(cfg.model_path)
+    out.mkdir(parents=True, exist_ok=True)
+    item_shape = tuple(get_extractor(cfg.audio_extractor).item_shape)
+    max_side = preset["max_side"] if cfg.max_side < 0 else cfg.max_side
+    dirs = find_identities(Path(cfg.source_path), cfg.identities)
+    clips = [_all_frames(d, cfg.audio_extractor, max_side or None) for d in dirs]
+    log(f"instag pretrain: {len(clips)} identities, {sum(len(c) for c in clips)} frames, {cfg.audio_extractor} features, device {device}")
+    stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
+    iters = {"face": cfg.iterations or preset["face"], "mouth": cfg.mouth_iterations or preset["mouth"]}
+    overrides = {} if cfg.lip_aux < 0 else {"lip_aux": cfg.lip_aux}
+    meta = {"audio_extractor": cfg.audio_extractor, "item_shape": list(item_shape), "share_audio": cfg.share_audio_net,
+            "preset": cfg.preset}
+    gen = torch.Generator().manual_seed(cfg.seed)
+    face_field, mouth_field = UniversalFaceField(item_shape), UniversalMouthField(item_shape)
+    identities = []
+    for clip in clips:
+        scfg = stage_config("face", "pretrain", iters["face"])
+        head = TalkingHead.create(cfg.audio_extractor, item_shape, preset["face_init"], preset["mouth_init"], scfg.sh_degree,
+                                  face_field, mouth_field, cfg.share_audio_net, gen)
+        head.align = False
+        identities.append(Identity(clip, head))
+    timings = {}
+    summary: dict = {"identities": [c.name for c in clips], "stages": {}}
+    for stage in ("face", "mouth"):
+        if stage not in stages:
+            continue
+        scfg = stage_config(stage, "pretrain", iters[stage], **overrides)
+        stem = f"train_pretrain_{stage}"
+        if stage == "mouth":
+            if not stage_done(out, "train_pretrain_face", iters["face"]):
+                raise InstagError(f"the face stage in {out} is not finished; run the face stage first (--stages face,mouth --resume)")
+            if not (cfg.resume and (out / f"{stem}.safetensors").exists()):
+                tensors, _, _ = read_checkpoint(out, "train_pretrain_face")
+                restore_models(identities, tensors, torch.device("cpu"))
+                ema = unprefixed("ema.", tensors)
+                if ema:  # the hook uses the EMA face field, as adaptation will
+                    face_field.load_state_dict(ema)
+        elif cfg.resume and stage_done(out, stem, scfg.iterations):
+            log(f"instag pretrain: face stage already complete in {out}")
+            continue
+
+        def on_save(trainer, it, stage=stage, scfg=scfg):
+            ema = trainer.ema.state_dict() if trainer.ema is not None else trainer.universal.state_dict()
+            save_universal(out, stage, ema, {**meta, "iteration": it, "iterations": scfg.iterations})
+
+        result, _ = run_stage(scfg, identities, device, out, stem, meta, cfg.resume, on_save, workers,
+                              _remaining(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet)
+        timings[stage] = result.seconds
+        summary["stages"][stage] = {"iterations": scfg.iterations, "reached": result.iteration, "seconds": round(result.seconds, 1),
+                                    "loss_history": result.history}
+        write_json(out / "pretrain_log.json", summary)
+        if not result.complete:
+            log(f"instag pretrain: stopped at {stage} iteration {result.iteration}/{scfg.iterations} after "
+                f"{result.seconds:.0f} s; continue with --resume")
+            return INCOMPLETE
+        log(f"instag pretrain: {stage} stage done ({scfg.iterations} iterations, {result.seconds:.0f} s)")
+    log(f"instag pretrain: wrote {out}/chkpnt_ema_face_latest.safetensors and chkpnt_ema_mouth_latest.safetensors "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})")
+    return 0
+
+
+
+def _remaining(stop_after: float, t_start: float) -> float | None:
+    """--stop_after is one deadline for the whole command, shared by its stages."""
+    return max(1e-3, stop_after - (time.time() - t_start)) if stop_after > 0 else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(PretrainConfig, argv, prog="instag pretrain")
+    t0 = time.time()
+    code = pretrain(cfg)
+    print(f"instag pretrain: total {time.time() - t0:.0f} s", file=sys.stderr)
+    return code

@@ -1,0 +1,158 @@
+"""Running one stage with checkpoints and resume (shared by ``instag pretrain`` and ``instag adapt``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from instag.errors import InstagError
+from instag.model.audio_encoder import LipHead
+from instag.train.checkpoint import read_checkpoint, stem_paths, write_checkpoint
+from instag.train.config import StageConfig
+from instag.train.engine import (
+    Identity,
+    StepLog,
+    Trainer,
+    load_optim_state,
+    restore_models,
+    trainer_optim_state,
+    trainer_tensors,
+)
+
+LIP_TARGET_DIM = 80
+INCOMPLETE = 3  # exit code: stopped by --stop_after, resume with --resume
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InstagError(f"--device {name} asked for CUDA but no CUDA GPU is visible; use --device cpu")
+    return dev
+
+
+def pick_workers(requested: int, device: torch.device) -> int:
+    if requested >= 0:
+        return requested
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 2))
+
+
+def set_seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Logger:
+    """Progress lines to stderr and, when ``torch.utils.tensorboard`` imports, TensorBoard scalars."""
+
+    def __init__(self, folder: Path, tag: str):
+        self.tag = tag
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(folder / "tb"))
+        except Exception:  # tensorboard is optional
+            self.writer = None
+        self.history: list[tuple[int, float]] = []
+
+    def __call__(self, log: StepLog) -> None:
+        self.history.append((log.iteration, log.loss))
+        if self.writer is not None:
+            self.writer.add_scalar(f"{self.tag}/loss", log.loss, log.iteration)
+            for k, v in log.parts.items():
+                self.writer.add_scalar(f"{self.tag}/{k}", v, log.iteration)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+@dataclass
+class StageResult:
+    iteration: int
+    complete: bool
+    seconds: float
+    history: list[tuple[int, float]]
+
+
+def stage_done(folder: Path, stem: str, total: int) -> bool:
+    """Whether ``<stem>.json`` records a finished run of ``total`` iterations."""
+    j = stem_paths(folder, stem)[1]
+    if not j.exists():
+        return False
+    try:
+        meta = json.loads(j.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return int(meta.get("iteration", -1)) >= total and int(meta.get("iterations", -1)) == total
+
+
+def run_stage(
+    cfg: StageConfig,
+    identities: list[Identity],
+    device: torch.device,
+    folder: Path,
+    state_stem: str,
+    meta: dict,
+    resume: bool,
+    on_save,
+    workers: int,
+    stop_after: float | None,
+    seed: int,
+    progress: bool = True,
+) -> tuple[StageResult, Trainer]:
+    """Run (or resume) one stage; ``on_save(trainer, it)`` writes the stage's products after each state save."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lip_head = LipHead(LIP_TARGET_DIM) if cfg.lip_aux > 0 else None
+    start = 0
+    optim = ema = None
+    t_path = stem_paths(folder, state_stem)[0]
+    if resume and t_path.exists():
+        tensors, old_meta, optim = read_checkpoint(folder, state_stem, with_optim=True)
+        if old_meta.get("audio_extractor") != meta.get("audio_extractor"):
+            raise InstagError(f"{t_path} was trained with the {old_meta.get('audio_extractor')!r} extractor, not "
+                              f"{meta.get('audio_extractor')!r}; resume with the same --audio_extractor or delete it")
+        if int(old_meta.get("iterations", -1)) != cfg.iterations:
+            raise InstagError(f"{t_path} belongs to a run of {old_meta.get('iterations')} iterations, not {cfg.iterations}; "
+                              "resume with the same --iterations/--preset or delete it")
+        ema = restore_models(identities, tensors, device, lip_head)
+        start = int(old_meta["iteration"])
+        print(f"instag: resuming {cfg.mode} {cfg.stage} from iteration {start} ({t_path})", file=sys.stderr)
+    elif t_path.exists() and not resume:
+        print(f"instag: {t_path} exists; starting {cfg.mode} {cfg.stage} afresh (pass --resume to continue it)", file=sys.stderr)
+    for ident in identities:
+        ident.head.to(device)
+    logger = Logger(folder, f"{cfg.mode}_{cfg.stage}")
+    trainer = Trainer(cfg, identities, device, lip_head=lip_head, num_workers=workers, seed=seed, log=logger)
+    if optim is not None:
+        load_optim_state(trainer, optim, ema)
+
+    def save(it: int) -> str:
+        m = {**meta, "format": "instag-train-state", "stage": cfg.stage, "mode": cfg.mode, "iteration": it,
+             "iterations": cfg.iterations, "identities": [i.clip.name for i in identities], "config": cfg.to_dict()}
+        path = write_checkpoint(folder, state_stem, trainer_tensors(trainer), m, trainer_optim_state(trainer))
+        on_save(trainer, it)
+        return str(path)
+
+    t0 = time.time()
+    last = trainer.run(start, save=save, save_seconds=90.0, stop_after_seconds=stop_after, progress=progress)
+    logger.close()
+    done = max(1, last - start)
+    print(f"instag: {cfg.mode} {cfg.stage}: {done} steps, {1000 * trainer.time_step / done:.1f} ms/step compute, "
+          f"{1000 * trainer.time_data / done:.1f} ms/step waiting for data", file=sys.stderr)
+    return StageResult(last, last >= cfg.iterations, time.time() - t0, logger.history), trainer

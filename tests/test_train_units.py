@@ -1,0 +1,213 @@
+"""Training engine units on generated data: losses, masks, sampler, checkpoints, resume (CPU, fast)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from synthetic_clip import make_clip
+
+from instag.data.dataset import FACE, HAIR, MOUTH, FrameDataset, load_clip, read_masks
+from instag.errors import InstagError
+from instag.model.motion import UniversalFaceField, UniversalMouthField
+from instag.model.talking_head import TalkingHead
+from instag.train import losses as L
+from instag.train.checkpoint import load_universal, read_checkpoint, save_universal, write_checkpoint
+from instag.train.config import stage_config
+from instag.train.engine import Identity, Trainer
+from instag.train.sampler import CurriculumSampler, pick_in_window
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return [make_clip(root / "pretrain" / name, size=32, n_train=10, n_val=4, seed=k) for k, name in enumerate(("a", "b"))]
+
+
+# ---------------------------------------------------------------------- losses
+def test_ssim_and_photometric():
+    a = torch.rand(3, 24, 24)
+    assert abs(float(L.ssim(a, a)) - 1) < 1e-5
+    assert float(L.photometric(a, a)) < 1e-5
+    assert float(L.photometric(a, 1 - a)) > 0.2
+
+
+def test_empty_masks_give_zero_not_nan():
+    x = torch.rand(1, 8, 8)
+    empty = torch.zeros(8, 8, dtype=torch.bool)
+    assert float(L.masked_mean(x, empty)) == 0.0
+    assert float(L.normal_prior_loss(torch.rand(3, 8, 8), torch.zeros(3, 8, 8), empty)) == 0.0
+    assert float(L.depth_prior_loss(torch.rand(1, 8, 8), torch.zeros(1, 8, 8), empty)) == 0.0
+    assert float(L.point_attention_loss(torch.rand(5), torch.zeros(5, dtype=torch.bool))) == 0.0
+    assert float(L.alpha_loss(torch.rand(1, 8, 8), empty)) >= 0
+
+
+def test_depth_prior_is_scale_and_shift_invariant():
+    d = torch.rand(1, 16, 16) + 0.5
+    mask = torch.ones(16, 16, dtype=torch.bool)
+    assert float(L.depth_prior_loss(d, 3.0 * d - 2.0, mask)) < 1e-5
+    assert float(L.depth_prior_loss(d, torch.rand(1, 16, 16) + 0.5, mask)) > 1e-3
+
+
+def test_normal_prior_zero_for_equal_normals():
+    n = torch.nn.functional.normalize(torch.randn(3, 8, 8), dim=0)
+    mask = torch.ones(8, 8, dtype=torch.bool)
+    assert float(L.normal_prior_loss(n, n, mask)) < 1e-5
+    assert abs(float(L.normal_prior_loss(n, -n, mask)) - 2) < 1e-4
+
+
+def test_contrast_loss_only_penalises_agreement():
+    own = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]])
+    assert float(L.contrast_loss(own, [-own])) == 0.0
+    assert float(L.contrast_loss(own, [own])) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------- data
+def test_masks_face_excludes_teeth_and_mouth_includes_them(clips):
+    layout = clips[0]
+    for i in range(14):
+        teeth = np.load(layout.teeth_mask(i))
+        if teeth.any():
+            break
+    assert teeth.any()
+    masks = read_masks(layout, i)
+    assert not (masks[teeth] & FACE).any()
+    assert (masks[teeth] & MOUTH).all()
+    assert (masks & HAIR).any() and (masks & FACE).any()
+
+
+def test_dataset_sample_and_downscale(clips):
+    clip = load_clip(clips[0].root, "train", "mel", max_side=16)
+    assert clip.size == (16, 16) and clip.frames[0].camera.width == 16
+    s = FrameDataset([clip], cache_bytes=1 << 20)[(0, 2)]
+    assert s["image"].shape == (3, 16, 16) and s["image"].dtype == torch.uint8
+    assert s["audio"].shape == (8, 80, 16) and s["au"].shape == (6,)
+    assert s["lip_valid"] and s["lip_target"].shape == (80,)
+
+
+def test_cache_is_bounded(clips):
+    clip = load_clip(clips[0].root, "train", "mel")
+    ds = FrameDataset([clip], cache_bytes=3 * 32 * 32 * 7)
+    for pos in range(len(clip)):
+        ds[(0, pos)]
+    assert len(ds._cache) <= 3 and ds._cached <= ds.cache_bytes
+
+
+# ---------------------------------------------------------------------- sampler
+def test_pick_in_window_terminates_without_candidates():
+    rng = np.random.default_rng(0)
+    values = np.zeros(10)
+    assert pick_in_window(values, 5.0, 6.0, rng) in range(10)
+    assert pick_in_window(np.arange(10.0), 3.0, 3.5, rng) == 3
+
+
+def test_curriculum_sampler_with_closed_mouth_terminates(clips):
+    clip = load_clip(clips[0].root, "train", "mel")
+    clip.au25[:] = 0.0  # mouth never opens: upstream's re-draw loop would never end
+    clip.stats.update(au25_p25=0.0, au25_p75=0.0, au25_max=0.0)
+    for stage, mode in (("mouth", "adapt"), ("mouth", "pretrain"), ("face", "adapt")):
+        cfg = stage_config(stage, mode, 200)
+        it = iter(CurriculumSampler([clip], cfg))
+        draws = [next(it) for _ in range(200)]
+        assert all(0 <= p < len(clip) for _, p in draws)
+
+
+# ---------------------------------------------------------------------- engine
+def _identity(layout, face_init=80, mouth_init=60):
+    clip = load_clip(layout.root, "train", "mel")
+    head = TalkingHead.create("mel", (80, 16), face_init, mouth_init, 1, generator=torch.Generator().manual_seed(0))
+    return Identity(clip, head)
+
+
+@pytest.mark.parametrize("stage", ["face", "mouth", "fuse"])
+def test_each_stage_steps_with_finite_loss(clips, stage):
+    ident = _identity(clips[0])
+    cfg = stage_config(stage, "adapt", 12).replace(warmup=2, align_from=3, priors_from=4, late_from=6)
+    trainer = Trainer(cfg, [ident], torch.device("cpu"))
+    before = ident.head.face.features_dc.detach().clone()
+    assert trainer.run(0, progress=False) == 12
+    if stage in ("face", "fuse"):
+        assert not torch.equal(before, ident.head.face.features_dc.detach())
+
+
+def test_empty_parsing_masks_do_not_make_nan(clips, tmp_path):
+    import cv2
+
+    layout = make_clip(tmp_path / "blank", size=32, n_train=6, n_val=2, seed=3)
+    for i in range(8):  # nothing but background: every mask is empty
+        cv2.imwrite(str(layout.parsing(i)), np.full((32, 32, 3), 255, np.uint8))
+    ident = _identity(layout)
+    cfg = stage_config("face", "adapt", 8).replace(warmup=1, align_from=2, priors_from=2, late_from=4)
+    Trainer(cfg, [ident], torch.device("cpu")).run(0, progress=False)
+    for stage in ("mouth", "fuse"):
+        Trainer(stage_config(stage, "adapt", 4).replace(warmup=1), [ident], torch.device("cpu")).run(0, progress=False)
+
+
+def test_nan_loss_stops_naming_step(clips):
+    ident = _identity(clips[0])
+    cfg = stage_config("face", "adapt", 10)
+    trainer = Trainer(cfg, [ident], torch.device("cpu"))
+    with torch.no_grad():
+        ident.head.face.features_dc.fill_(float("nan"))
+    with pytest.raises(InstagError, match="step 1.*Last good checkpoint"):
+        trainer.run(0, progress=False, save=lambda it: "ckpt")
+
+
+def test_pretrain_two_identities_contrast_and_ema(clips):
+    ff, mf = UniversalFaceField((80, 16)), UniversalMouthField((80, 16))
+    ids = []
+    for layout in clips:
+        clip = load_clip(layout.root, "train", "mel")
+        ids.append(Identity(clip, TalkingHead.create("mel", (80, 16), 80, 60, 1, ff, mf)))
+    cfg = stage_config("face", "pretrain", 10).replace(warmup=2)
+    trainer = Trainer(cfg, ids, torch.device("cpu"), lip_head=torch.nn.Linear(32, 80))
+    trainer.run(0, progress=False)
+    assert trainer.ema is not None
+    ema = trainer.ema.state_dict()
+    live = ff.state_dict()
+    assert any(not torch.equal(ema[k], live[k]) for k in live)  # EMA lags the trained weights
+
+
+# ---------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip_and_interrupted_write(tmp_path):
+    t = {"a": torch.arange(6.0).reshape(2, 3)}
+    write_checkpoint(tmp_path, "x", t, {"iteration": 5}, {"opt": {"step": 3}})
+    tensors, meta, optim = read_checkpoint(tmp_path, "x", with_optim=True)
+    assert torch.equal(tensors["a"], t["a"]) and meta["iteration"] == 5 and optim["opt"]["step"] == 3
+    (tmp_path / "x.json").write_text(json.dumps({"iteration": 6}))  # json from another write
+    with pytest.raises(InstagError, match="disagree"):
+        read_checkpoint(tmp_path, "x")
+
+
+def test_extractor_mismatch_is_refused(tmp_path):
+    field = UniversalFaceField((80, 16))
+    save_universal(tmp_path, "face", field.state_dict(), {"audio_extractor": "mel", "iteration": 1})
+    load_universal(tmp_path / "chkpnt_ema_face_latest.pth", "face", UniversalFaceField((80, 16)), "mel")
+    with pytest.raises(InstagError, match="pre-trained with the 'mel' audio extractor"):
+        load_universal(tmp_path, "face", UniversalFaceField((29, 16)), "deepspeech")
+    with pytest.raises(InstagError, match="run pre-training first"):
+        load_universal(tmp_path / "missing", "face", field, "mel")
+
+
+def test_resume_continues_a_stopped_stage(clips, tmp_path):
+    from instag.train.adapt import AdaptConfig, adapt
+    from instag.train.run import INCOMPLETE
+
+    pre = tmp_path / "pre"
+    save_universal(pre, "face", UniversalFaceField((80, 16)).state_dict(), {"audio_extractor": "mel", "iteration": 1})
+    save_universal(pre, "mouth", UniversalMouthField((80, 16)).state_dict(), {"audio_extractor": "mel", "iteration": 1})
+    out = tmp_path / "out"
+    common = dict(source_path=str(clips[1].root), model_path=str(out), pretrain_path=str(pre), preset="tiny",
+                  iterations=16, mouth_iterations=6, fuse_iterations=4, evaluate=False, quiet=True)
+    assert adapt(AdaptConfig(**common, stop_after=1e-9), log=lambda *a: None) == INCOMPLETE
+    meta = json.loads((out / "train_face.json").read_text())
+    assert 0 < meta["iteration"] < 16
+    with pytest.raises(InstagError, match="deepspeech"):
+        adapt(AdaptConfig(**{**common, "audio_extractor": "deepspeech"}), log=lambda *a: None)
+    assert adapt(AdaptConfig(**common, resume=True), log=lambda *a: None) == 0
+    log = json.loads((out / "adapt_log.json").read_text())
+    assert log["stages"]["face"]["reached"] == 16 and log["stages"]["fuse"]["reached"] == 4
+    head = TalkingHead.load(out, device="cpu")
+    assert head.audio_extractor == "mel"
