@@ -44,6 +44,21 @@ def _close_progress_bars() -> None:
     sys.stderr.flush()
 
 
+def _describe_os_error(err: OSError) -> str:
+    """One line naming the path of a failed file operation and what to do."""
+    import errno
+    from pathlib import Path
+
+    path = Path(str(err.filename))
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker == path:
+            return f"{path} is a file where a folder is needed; choose another output path or move that file"
+        if blocker is not None:
+            return f"cannot create {path}: {blocker} is a file, not a folder; choose another output path or move that file"
+    return f"{path}: {err.strerror or err}; check the path, free disk space and permissions"
+
+
 def run_command(name: str, argv: list[str]) -> int:
     """Run subcommand ``name`` with ``argv``; user errors become one line on stderr."""
     from instag.errors import InstagError
@@ -69,8 +84,7 @@ def run_command(name: str, argv: list[str]) -> int:
             raise
         _close_progress_bars()
         if isinstance(err, OSError) and err.filename is not None:  # a path that cannot be made or written
-            print(f"instag {name}: error: {err.filename}: {err.strerror or err}; check the path, free disk space and "
-                  "permissions", file=sys.stderr)
+            print(f"instag {name}: error: {_describe_os_error(err)}", file=sys.stderr)
             return 2
         msg = " ".join(str(err).split()) or type(err).__name__
         print(f"instag {name}: internal error: {type(err).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)

@@ -25,11 +25,13 @@ import torch
 from instag.data.cameras import FrameCamera, load_cameras
 from instag.data.format import PARSING_BGR, DatasetLayout
 from instag.errors import InstagError
+from instag.io.safe_load import load_npy
 
 FACE, HAIR, MOUTH = 1, 2, 4
 AU_EXP_COLUMNS = ("AU01_r", "AU04_r", "AU05_r", "AU06_r", "AU07_r", "AU45_r")
 LIP_OUTER = slice(48, 60)
 LIP_INNER = slice(60, 68)
+PRIOR_HINT = "rerun the priors step (instag process --task priors) or delete the file"
 
 
 def read_lms(path: Path) -> np.ndarray:
@@ -110,6 +112,7 @@ class Clip:
     normal_dir: Path | None = None
     sapiens: bool = False
     stats: dict = field(default_factory=dict)
+    mouth_px: np.ndarray | None = None  # [n] inner-lip polygon area in px at native size (≈ mouth-mask pixels)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -122,6 +125,14 @@ class Clip:
         from instag.audio.windows import frame_window
 
         return frame_window(self.features, self.frames[pos].aud_id)
+
+
+def inner_lip_area(lms: np.ndarray) -> np.ndarray:
+    """Area in px² of the inner-lip polygon (landmarks 60–67) of ``lms`` ``[n,68,2]``: ``[n]``. The parsing's
+    mouth class is this polygon (from the same landmarks), so it stands for the mouth-mask pixel count."""
+    ring = np.asarray(lms, np.float64)[:, LIP_INNER]
+    x, y = ring[..., 0], ring[..., 1]
+    return (0.5 * np.abs((x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1))).astype(np.float32)
 
 
 def training_size(native: tuple[int, int], max_side: int | None) -> tuple[int, int]:
@@ -141,7 +152,7 @@ def _lip_targets(layout: DatasetLayout, indices: list[int]) -> tuple[np.ndarray,
     valid = np.zeros(n, bool)
     if not layout.landmarks.exists():
         return target, valid
-    lm = np.load(layout.landmarks, mmap_mode="r")
+    lm = load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)", mmap_mode="r")
     for k, i in enumerate(indices):
         if i >= len(lm):
             continue
@@ -216,7 +227,7 @@ def load_clip(
     }
     return Clip(
         layout, split, frames, size, native, feats, au_exp, blink, au25, opening, rects, lip_target, lip_valid,
-        au is not None, depth_dir, normal_dir, sapiens, stats,
+        au is not None, depth_dir, normal_dir, sapiens, stats, inner_lip_area(lms),
     )
 
 
@@ -327,10 +338,10 @@ class FrameDataset(torch.utils.data.Dataset):
         depth = np.zeros(size, np.float32)
         normal = np.zeros((3,) + size, np.float32)
         if clip.depth_dir is not None and (clip.depth_dir / f"{index}.npy").exists():
-            d = np.load(clip.depth_dir / f"{index}.npy", allow_pickle=False).astype(np.float32)
+            d = load_npy(clip.depth_dir / f"{index}.npy", PRIOR_HINT).astype(np.float32)
             depth = _resize(np.nan_to_num(d), size, nearest=True)
         if clip.normal_dir is not None and (clip.normal_dir / f"{index}.npy").exists():
-            n = np.nan_to_num(np.load(clip.normal_dir / f"{index}.npy", allow_pickle=False).astype(np.float32))
+            n = np.nan_to_num(load_npy(clip.normal_dir / f"{index}.npy", PRIOR_HINT).astype(np.float32))
             n = _resize(n, size, nearest=True)
             if clip.sapiens:  # Sapiens normals: y up, z toward the viewer -> OpenCV camera axes
                 n = n * np.array([1.0, -1.0, -1.0], np.float32)
@@ -396,6 +407,7 @@ def merge_clips(a: Clip, b: Clip) -> Clip:
         cat([a.au_exp, b.au_exp]), cat([a.blink, b.blink]), cat([a.au25, b.au25]), cat([a.opening, b.opening]),
         cat([a.lips_rect, b.lips_rect]), cat([a.lip_target, b.lip_target]), cat([a.lip_valid, b.lip_valid]),
         a.has_au, a.depth_dir, a.normal_dir, a.sapiens, dict(a.stats),
+        None if a.mouth_px is None or b.mouth_px is None else cat([a.mouth_px, b.mouth_px]),
     )
     merged.stats.update(
         open_lo=float(merged.opening.min()), open_hi=float(merged.opening.max()),

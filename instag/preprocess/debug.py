@@ -13,6 +13,7 @@ import torch
 
 from instag.data.format import DatasetLayout
 from instag.io.atomic import write_image
+from instag.io.safe_load import load_npy
 from instag.preprocess import tracking
 from instag.preprocess.mesh import INNER_LIPS, MESH_TO_68, tessellation_edges
 
@@ -46,7 +47,7 @@ def panel(layout: DatasetLayout, index: int, landmarks: np.ndarray, params: dict
     parsing = cv2.addWeighted(img, 0.45, par, 0.55, 0) if par is not None else img.copy()
     teeth = img.copy()
     if layout.teeth_mask(index).exists():
-        mask = np.load(layout.teeth_mask(index))
+        mask = load_npy(layout.teeth_mask(index), "rerun the teeth step (--task 10)").astype(bool)
         teeth[mask] = (0.4 * teeth[mask] + 0.6 * np.array([255, 0, 255])).astype(np.uint8)
     cv2.polylines(teeth, [np.round(landmarks[index, INNER_LIPS, :2]).astype(np.int32)], True, (0, 255, 255), 1)
     mesh = img.copy()

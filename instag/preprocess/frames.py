@@ -30,33 +30,51 @@ JPEG_QUALITY = 95
 KEEP_SIDE_RANGE = (400, 720)  # frames whose sides fall in this range are kept when the face is big enough
 MIN_FACE_FRACTION = 0.2  # face height over frame height below which the frame is cropped
 CROP_FACE_RATIO = 2.6  # crop side over face height
+SAMPLES_PER_SECOND = 2.0  # frames sampled to locate the face
 
 
-def locate_face(frames: list[np.ndarray]) -> tuple[np.ndarray, float] | None:
-    """Median face box centre (x, y) and size (px) over sampled frames, or None if no face."""
+def locate_face(frames: list[np.ndarray], log=None, per_second: float = 2.0) -> tuple[np.ndarray, float] | None:
+    """Median face box centre (x, y) and size (px) over sampled frames, or None if no face.
+
+    With several faces in view, one person is followed: the largest, most central face of the
+    frame where it is most prominent, then in every frame the face nearest to it (a per-frame
+    "largest" could alternate between two similar faces and put the median between them).
+    ``log`` is told which sampled frames show several faces.
+    """
     from instag.preprocess.landmarks import _quiet_mediapipe
 
     _quiet_mediapipe()
     from mediapipe.python.solutions import face_detection
 
-    boxes = []
+    per_frame: list[np.ndarray] = []  # [K,4] boxes (x, y, w, h) per sampled frame
     with face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as detector:
         for frame in frames:
             h, w = frame.shape[:2]
             result = detector.process(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-            best = None
-            for det in result.detections or []:
-                b = det.location_data.relative_bounding_box
-                box = (b.xmin * w, b.ymin * h, b.width * w, b.height * h)
-                if best is None or box[2] * box[3] > best[2] * best[3]:
-                    best = box
-            if best is not None:
-                boxes.append(best)
-    if not boxes:
+            boxes = [(d.location_data.relative_bounding_box.xmin * w, d.location_data.relative_bounding_box.ymin * h,
+                      d.location_data.relative_bounding_box.width * w, d.location_data.relative_bounding_box.height * h)
+                     for d in result.detections or []]
+            per_frame.append(np.asarray(boxes, np.float64).reshape(-1, 4))
+    found = [b for b in per_frame if len(b)]
+    if not found:
         return None
-    arr = np.asarray(boxes)
-    centre = np.median(arr[:, :2] + arr[:, 2:] / 2, axis=0)
-    size = float(np.median(np.maximum(arr[:, 2], arr[:, 3])))
+    h, w = frames[0].shape[:2]
+
+    def score(b: np.ndarray) -> np.ndarray:
+        off = np.linalg.norm(b[:, :2] + b[:, 2:] / 2 - np.array([w / 2, h / 2]), axis=1) / max(w, h)
+        return b[:, 2] * b[:, 3] * (1.0 - 0.5 * off)
+
+    ref_boxes = max(found, key=lambda b: score(b).max())
+    ref = ref_boxes[int(np.argmax(score(ref_boxes)))]
+    ref_centre = ref[:2] + ref[2:] / 2
+    chosen = np.stack([b[int(np.argmin(np.linalg.norm(b[:, :2] + b[:, 2:] / 2 - ref_centre, axis=1)))] for b in found])
+    several = [k for k, b in enumerate(per_frame) if len(b) > 1]
+    centre = np.median(chosen[:, :2] + chosen[:, 2:] / 2, axis=0)
+    size = float(np.median(np.maximum(chosen[:, 2], chosen[:, 3])))
+    if several and log is not None:
+        times = ", ".join(f"{k / per_second:.1f}" for k in several[:6]) + (" ..." if len(several) > 6 else "")
+        log(f"several faces in the frames at {times} s: following the largest, most central one "
+            f"(around x={centre[0]:.0f}, y={centre[1]:.0f} in the sampled frames)")
     return centre, size
 
 
@@ -87,9 +105,9 @@ def choose_crop(info: VideoInfo, face: tuple[np.ndarray, float] | None, scale: f
 
 def run(layout: DatasetLayout, info: VideoInfo, log=print) -> int:
     """Write ``ori_imgs/<i>.jpg`` and ``crop.json``; return the number of frames."""
-    samples = sample_frames(info, per_second=2.0)
+    samples = sample_frames(info, per_second=SAMPLES_PER_SECOND)
     scale = samples[0].shape[1] / info.width if samples else 1.0
-    crop = choose_crop(info, locate_face(samples), scale)
+    crop = choose_crop(info, locate_face(samples, log, SAMPLES_PER_SECOND), scale)
     if crop["applied"]:
         x, y, s, _ = crop["box"]
         log(f"{info.width}x{info.height} frames: cropping {s}x{s} at ({x},{y}) around the face and resizing to "

@@ -144,8 +144,11 @@ def write_lms(path, lms68: np.ndarray) -> None:
         np.savetxt(tmp, lms68[:, :2], fmt="%.4f")
 
 
-def run(layout: DatasetLayout, num_frames: int, log=print, max_gap: int = MAX_GAP) -> np.ndarray:
-    """Detect landmarks on ``ori_imgs``; write ``landmarks.npy`` and ``ori_imgs/<i>.lms``."""
+def run(layout: DatasetLayout, num_frames: int, log=print, max_gap: int = MAX_GAP, source: str | None = None) -> np.ndarray:
+    """Detect landmarks on ``ori_imgs``; write ``landmarks.npy`` and ``ori_imgs/<i>.lms``.
+
+    ``source`` (the video) is what errors name, since that is what the user edits; default ``ori_imgs``.
+    """
     found: list[np.ndarray | None] = []
     multi: list[int] = []
     with FaceMeshDetector(video=True) as detector:
@@ -156,7 +159,7 @@ def run(layout: DatasetLayout, num_frames: int, log=print, max_gap: int = MAX_GA
             found.append(detector.detect(img))
             if detector.last_num_faces > 1:
                 multi.append(i)
-    landmarks, filled = fill_gaps(found, str(layout.ori_dir), max_gap)
+    landmarks, filled = fill_gaps(found, source or str(layout.ori_dir), max_gap)
     if filled:
         log(f"no face in frames {describe_ranges(frame_ranges(filled))}: interpolated from the neighbouring frames")
     if multi:

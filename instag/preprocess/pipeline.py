@@ -144,7 +144,7 @@ def _frames(ctx: Context) -> dict:
 def _landmarks(ctx: Context) -> dict:
     from instag.preprocess import landmarks
 
-    lm = landmarks.run(ctx.layout, ctx.num_frames, log=ctx.log, max_gap=ctx.cfg.max_face_gap)
+    lm = landmarks.run(ctx.layout, ctx.num_frames, log=ctx.log, max_gap=ctx.cfg.max_face_gap, source=ctx.info.path)
     ctx._landmarks = lm
     return {"frames": len(lm)}
 

@@ -19,7 +19,7 @@ import torch
 from instag.config import parse
 from instag.data.dataset import load_clip, merge_clips
 from instag.errors import InstagError
-from instag.io.atomic import write_json
+from instag.io.atomic import remove_stale_temporaries, write_json
 from instag.model.talking_head import TalkingHead, load_tensors
 from instag.train.checkpoint import (
     check_extractor,
@@ -60,6 +60,7 @@ class AdaptConfig:
     max_side: int = field(default=-1, metadata={"help": "train at this longer image side (0 = native, -1 = preset)"})
     resume: bool = field(default=False, metadata={"help": "continue stopped stages from their last checkpoints"})
     stop_after: float = field(default=0.0, metadata={"help": "save and stop after this many seconds (0 = run to the end)"})
+    checkpoint_seconds: float = field(default=90.0, metadata={"help": "save a resumable checkpoint at least this often (seconds)"})
     evaluate: bool = field(default=True, metadata={"help": "render and score the validation split afterwards"})
     dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha when compositing the evaluation renders"})
     device: str = field(default="auto", metadata={"help": "cuda, cpu or auto"})
@@ -94,6 +95,7 @@ def adapt(cfg: AdaptConfig, log=print) -> int:
     extractor = _extractor(cfg)
     out = Path(cfg.model_path)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # left by a run killed mid-write
     item_shape = tuple(get_extractor(extractor).item_shape)
     max_side = preset["max_side"] if cfg.max_side < 0 else cfg.max_side
     few_shot = not cfg.long and cfg.N_views > 0
@@ -134,7 +136,8 @@ def adapt(cfg: AdaptConfig, log=print) -> int:
             trainer.ids[0].head.save(out, f"chkpnt_{stage}_latest", {**meta, "stage": stage, "iteration": it, "iterations": scfg.iterations})
 
         result, _ = run_stage(scfg, [identity], device, out, f"train_{stage}", meta, cfg.resume, on_save, workers,
-                              _remaining(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet)
+                              _remaining(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet,
+                              save_seconds=cfg.checkpoint_seconds)
         head = identity.head
         summary["stages"][stage] = {"iterations": scfg.iterations, "reached": result.iteration, "seconds": round(result.seconds, 1),
                                     "gaussians": [head.face.num_points, head.mouth.num_points], "loss_history": result.history}

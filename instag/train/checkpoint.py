@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from instag.errors import InstagError
-from instag.io.atomic import atomic_path, write_json
+from instag.io.atomic import atomic_path
 
 UNIVERSAL_FORMAT = "instag-universal-field"
 STATE_FORMAT = "instag-train-state"
@@ -33,18 +33,28 @@ def stem_paths(folder: Path, stem: str) -> tuple[Path, Path, Path]:
 
 
 def write_checkpoint(folder: str | Path, stem: str, tensors: dict[str, Tensor], meta: dict, optim: dict | None = None) -> Path:
-    """Write ``<stem>.safetensors`` (+ ``.optim.pt``), then ``<stem>.json``; returns the tensor file."""
+    """Write ``<stem>.safetensors`` (+ ``.optim.pt``) and ``<stem>.json``; returns the tensor file.
+
+    All files are written to temporaries first and renamed together at the end, ``.json`` last, so
+    a kill can only fall between renames (microseconds), not between a file and a long write.
+    """
+    import contextlib
+    import io
+
     from safetensors.torch import save_file
 
     folder = Path(folder)
     t_path, j_path, o_path = stem_paths(folder, stem)
     iteration = str(meta.get("iteration", ""))
-    if optim is not None:
-        with atomic_path(o_path) as tmp:
-            torch.save({"iteration": iteration, "state": optim}, tmp)
-    with atomic_path(t_path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata={"iteration": iteration})
-    write_json(j_path, meta)
+    with contextlib.ExitStack() as stack:  # exits in reverse: .optim.pt, .safetensors, then .json are renamed
+        j_tmp = stack.enter_context(atomic_path(j_path))
+        t_tmp = stack.enter_context(atomic_path(t_path))
+        if optim is not None:
+            buf = io.BytesIO()  # through a buffer: the same bytes for the same state (see io.atomic.save_torch)
+            torch.save({"iteration": iteration, "state": optim}, buf)
+            stack.enter_context(atomic_path(o_path)).write_bytes(buf.getvalue())
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(t_tmp), metadata={"iteration": iteration})
+        j_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return t_path
 
 

@@ -20,7 +20,7 @@ from instag.config import parse
 from instag.data.dataset import load_clip, merge_clips
 from instag.data.format import DatasetLayout
 from instag.errors import InstagError
-from instag.io.atomic import write_json
+from instag.io.atomic import remove_stale_temporaries, write_json
 from instag.model.motion import UniversalFaceField, UniversalMouthField
 from instag.model.talking_head import TalkingHead
 from instag.train.checkpoint import read_checkpoint, save_universal, unprefixed
@@ -50,10 +50,13 @@ class PretrainConfig:
     stages: str = field(default="face,mouth", metadata={"help": "comma list of stages to run"})
     identities: str = field(default="", metadata={"help": "comma list of identity folders to use (default: all)"})
     share_audio_net: bool = field(default=False, metadata={"help": "personalized fields re-use the universal audio encoder"})
+    warmup_per_identity: int = field(default=300, metadata={"help": "static warm-up steps each identity gets at least "
+                                                                     "(capped at a third of the stage; 0 = the recipe's fraction only)"})
     lip_aux: float = field(default=-1.0, metadata={"help": "weight of the audio->lip-landmark auxiliary loss (0 disables; -1 = recipe)"})
     max_side: int = field(default=-1, metadata={"help": "train at this longer image side (0 = native, -1 = preset)"})
     resume: bool = field(default=False, metadata={"help": "continue a stopped run from its last checkpoint"})
     stop_after: float = field(default=0.0, metadata={"help": "save and stop after this many seconds (0 = run to the end)"})
+    checkpoint_seconds: float = field(default=90.0, metadata={"help": "save a resumable checkpoint at least this often (seconds)"})
     device: str = field(default="auto", metadata={"help": "cuda, cpu or auto"})
     workers: int = field(default=-1, metadata={"help": "data-loader workers (-1 = auto)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -97,6 +100,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> int:
     set_seed(cfg.seed)
     out = Path(cfg.model_path)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # left by a run killed mid-write
     item_shape = tuple(get_extractor(cfg.audio_extractor).item_shape)
     max_side = preset["max_side"] if cfg.max_side < 0 else cfg.max_side
     dirs = find_identities(Path(cfg.source_path), cfg.identities)
@@ -121,7 +125,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> int:
     for stage in ("face", "mouth"):
         if stage not in stages:
             continue
-        scfg = stage_config(stage, "pretrain", iters[stage], **overrides)
+        scfg = static_warmup(stage_config(stage, "pretrain", iters[stage], **overrides), len(identities), cfg.warmup_per_identity)
         stem = f"train_pretrain_{stage}"
         if stage == "mouth":
             if not stage_done(out, "train_pretrain_face", iters["face"]):
@@ -141,7 +145,8 @@ def pretrain(cfg: PretrainConfig, log=print) -> int:
             save_universal(out, stage, ema, {**meta, "iteration": it, "iterations": scfg.iterations})
 
         result, _ = run_stage(scfg, identities, device, out, stem, meta, cfg.resume, on_save, workers,
-                              _remaining(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet)
+                              _remaining(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet,
+                              save_seconds=cfg.checkpoint_seconds)
         timings[stage] = result.seconds
         summary["stages"][stage] = {"iterations": scfg.iterations, "reached": result.iteration, "seconds": round(result.seconds, 1),
                                     "loss_history": result.history}
@@ -155,6 +160,24 @@ def pretrain(cfg: PretrainConfig, log=print) -> int:
         f"({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})")
     return 0
 
+
+
+def static_warmup(scfg, num_identities: int, per_identity: int):
+    """The stage config with its static warm-up raised so that each identity's clouds get at least
+    ``per_identity`` static steps (capped at a third of the stage).
+
+    Upstream warms up 5 000 of 150 000 steps over 5 identities: 1 000 static steps per cloud before any
+    motion. Scaled as a fraction, a short run over many identities leaves each cloud a handful of static
+    steps (5 000 steps over 30 identities: 5.6), so motion starts on unfitted clouds and the universal
+    fields learn large per-position shape corrections instead of audio-driven motion.
+    """
+    floor = min(scfg.iterations // 3, max(0, per_identity) * max(1, num_identities))
+    if floor <= scfg.warmup:
+        return scfg
+    kw = {"warmup": floor}
+    if scfg.stage == "face":
+        kw["hair_from"] = max(scfg.hair_from, floor)
+    return scfg.replace(**kw)
 
 
 def _remaining(stop_after: float, t_start: float) -> float | None:

@@ -115,6 +115,7 @@ def run_stage(
     stop_after: float | None,
     seed: int,
     progress: bool = True,
+    save_seconds: float = 90.0,
 ) -> tuple[StageResult, Trainer]:
     """Run (or resume) one stage; ``on_save(trainer, it)`` writes the stage's products after each state save."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -150,7 +151,7 @@ def run_stage(
         return str(path)
 
     t0 = time.time()
-    last = trainer.run(start, save=save, save_seconds=90.0, stop_after_seconds=stop_after, progress=progress)
+    last = trainer.run(start, save=save, save_seconds=save_seconds, stop_after_seconds=stop_after, progress=progress)
     logger.close()
     done = max(1, last - start)
     print(f"instag: {cfg.mode} {cfg.stage}: {done} steps, {1000 * trainer.time_step / done:.1f} ms/step compute, "

@@ -25,6 +25,19 @@ def pick_in_window(values: np.ndarray, lo: float, hi: float, rng: np.random.Gene
     return int(rng.choice(best))
 
 
+MIN_MOUTH_PIXELS = 20.0
+
+
+def mouth_eligible(cfg: StageConfig, clip: Clip, it: int) -> np.ndarray | None:
+    """Positions the mouth stage may draw at iteration ``it`` (None = all): between the end of the
+    warm-up and the curriculum end, frames with at least 20 mouth pixels (METHOD §3.3, §3.5).
+    Closed-mouth frames there teach the mouth field to move the whole cloud out of view."""
+    if cfg.stage != "mouth" or it <= cfg.warmup or it > cfg.curriculum_end or clip.mouth_px is None:
+        return None
+    ok = np.flatnonzero(np.asarray(clip.mouth_px) >= MIN_MOUTH_PIXELS)
+    return ok if ok.size else None
+
+
 def curriculum_window(cfg: StageConfig, clip: Clip, it: int) -> tuple[np.ndarray, float, float] | None:
     """(values, lo, hi) of the curriculum condition at iteration ``it``, or None (uniform)."""
     if cfg.stage == "fuse" or it % cfg.select_interval != 0:
@@ -74,7 +87,10 @@ class CurriculumSampler(torch.utils.data.Sampler):
         c = int(rng.integers(len(self.clips)))
         clip = self.clips[c]
         window = curriculum_window(self.cfg, clip, it)
+        allowed = mouth_eligible(self.cfg, clip, it)
         if window is None:
-            return c, int(rng.integers(len(clip)))
+            return c, int(rng.integers(len(clip)) if allowed is None else rng.choice(allowed))
         values, lo, hi = window
-        return c, pick_in_window(values, lo, hi, rng)
+        if allowed is None:
+            return c, pick_in_window(values, lo, hi, rng)
+        return c, int(allowed[pick_in_window(np.asarray(values)[allowed], lo, hi, rng)])

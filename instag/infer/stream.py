@@ -1,0 +1,225 @@
+"""Chunked real-time synthesis: audio arrives in pieces, frames leave as soon as they are determined.
+
+Frame ``i`` sees the audio items ``i-4 .. i+3`` (METHOD §1.7), and item ``j`` the mel rows of
+``j·40 ms − 160 ms .. j·40 ms + 140 ms`` (plus half an STFT window), so frame ``i`` is
+final once ``i·40 ms + 292 ms`` of audio have arrived: that is the look-ahead. Features are
+built block by block (:class:`instag.infer.features.MelFeatureBuilder`), poses, backgrounds and
+AUs follow the same ping-pong plan as offline synthesis, and frames are rendered through the
+same :func:`instag.infer.synthesize.render_frames`, so for the same audio and level reference
+the stream yields the frames offline synthesis writes (bit for bit when both render with the
+same batch size; batched float rounding may otherwise move a pixel value by one step).
+
+``lookahead_ms`` (``--lookahead_ms``) trades that identity for latency: frame ``i`` is emitted as
+soon as ``i·40 ms + lookahead_ms`` of audio are in, the audio not yet heard counting as silence
+in its window. With 100 ms the first frame follows the first 200-ms chunk; the frames then
+differ slightly from offline ones around the mouth (``bench/stream.py`` measures by how much).
+
+The mel level reference must be fixed before the first frame: it is measured on the audio
+received by then (or given with ``--reference_db``) and printed, so an offline run can match.
+
+API::
+
+    synth = StreamSynthesizer.from_paths("data/<ID>", "output/<ID>")
+    for chunk in microphone_chunks():          # float32 16 kHz mono, any length
+        for frame in synth.push(chunk):        # uint8 [H,W,3] RGB
+            show(frame)
+    for frame in synth.finish():
+        show(frame)
+
+or ``for frame in stream_frames(synth, chunks): ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from instag.audio.mel import frame_count
+from instag.config import parse
+from instag.data.format import AUDIO_SAMPLE_RATE, FPS, DatasetLayout
+from instag.errors import InstagError
+from instag.infer.features import MelFeatureBuilder
+from instag.infer.synthesize import Backgrounds, Plan, blink_track, load_model, pingpong, render_frames
+
+LOOKAHEAD_ITEMS = 3  # frame i needs items up to i+3
+
+
+class StreamSynthesizer:
+    """Incremental synthesis for one model and its training clip (pose/background source)."""
+
+    def __init__(self, model, clip, *, dilate: bool = False, reference_db: float | None = None, seed: int = 0,
+                 batch: int = 8, lookahead_ms: float | None = None):
+        if model.audio_extractor != "mel":
+            raise InstagError(f"streaming needs a model trained on mel features; this one uses {model.audio_extractor!r}, "
+                              "whose features need the whole clip: use `instag synthesize` instead")
+        if lookahead_ms is not None and lookahead_ms < 0:
+            raise InstagError("--lookahead_ms must be at least 0")
+        self.model = model
+        self.clip = clip
+        self.lookahead_ms = lookahead_ms
+        self.dilate = dilate
+        self.batch = batch
+        self.seed = seed
+        self.features = MelFeatureBuilder(reference_db)
+        self.next_frame = 0
+        cam0 = clip.frames[0].camera
+        self.backgrounds = Backgrounds(clip.layout, (cam0.height, cam0.width))
+        self._au45: np.ndarray | None = None
+        self.first_frame_audio_s: float | None = None
+
+    @classmethod
+    def from_paths(cls, source_path: str | Path, model_path: str | Path, device: str | None = None, **kw) -> StreamSynthesizer:
+        from instag.data.dataset import load_clip
+
+        model = load_model(model_path, None, device)
+        return cls(model, load_clip(DatasetLayout.of(source_path).root, "train", model.audio_extractor), **kw)
+
+    @property
+    def reference_db(self) -> float | None:
+        return self.features.reference_db
+
+    def _plan(self, upto: int) -> Plan:
+        """Plan of frames 0..upto-1 (identical to offline :func:`pingpong_plan` on its prefix)."""
+        clip = self.clip
+        n = len(clip.frames)
+        order = [pingpong(k, n) for k in range(upto)]
+        au = clip.au_exp[order].copy()
+        if clip.has_au:
+            if self._au45 is None or self._au45.shape[0] < upto:
+                horizon = max(upto, 2 * (0 if self._au45 is None else self._au45.shape[0]), 30 * FPS)
+                self._au45 = blink_track(clip.au_exp[:, 5], horizon, self.seed)  # prefix-stable in the horizon
+            au[:, 5] = self._au45[:upto]
+        return Plan([clip.frames[j].camera for j in order], [clip.frames[j].index for j in order],
+                    au.astype(np.float32), list(range(upto)))
+
+    def _render_upto(self, stop: int) -> Iterator[np.ndarray]:
+        if stop <= self.next_frame:
+            return
+        if self.first_frame_audio_s is None:
+            self.first_frame_audio_s = self.features.samples.shape[0] / AUDIO_SAMPLE_RATE
+        items_needed = stop + LOOKAHEAD_ITEMS if not self.features.finished else self.features.total_frames()
+        items = self.features.items(items_needed, provisional=self.lookahead_ms is not None)
+        plan = self._plan(stop)
+        start = self.next_frame
+        for frame in render_frames(self.model, plan, items, self.backgrounds, self.dilate, self.batch, start=start, stop=stop):
+            self.next_frame += 1
+            yield frame
+
+    def push(self, samples: np.ndarray) -> Iterator[np.ndarray]:
+        """Add 16 kHz mono float32 samples; yields the frames (uint8 [H,W,3] RGB) they complete."""
+        self.features.push(samples)
+        ready = self.features.ready_frames() - LOOKAHEAD_ITEMS
+        if self.lookahead_ms is not None:  # frame i once i·40 ms + lookahead of audio is in
+            received_ms = 1000.0 * self.features.samples.shape[0] / AUDIO_SAMPLE_RATE
+            early = int((received_ms - self.lookahead_ms) // (1000.0 / FPS)) + 1
+            ready = max(ready, min(early, frame_count(self.features.samples.shape[0])))
+        yield from self._render_upto(ready)
+
+    def finish(self) -> Iterator[np.ndarray]:
+        """End of audio: yields the remaining frames."""
+        self.features.finish()
+        yield from self._render_upto(self.features.total_frames())
+        self.backgrounds.close()
+
+
+def stream_frames(synth: StreamSynthesizer, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """Frames of ``synth`` for an iterable of audio chunks, then the tail at its end."""
+    for chunk in chunks:
+        yield from synth.push(chunk)
+    yield from synth.finish()
+
+
+@dataclass
+class StreamConfig:
+    """Chunked real-time synthesis of a wav (simulating live audio), with latency and FPS."""
+
+    source_path: str = field(metadata={"flags": ("-S", "-s"), "help": "processed clip data/<ID>"})
+    model_path: str = field(metadata={"flags": ("-M", "-m"), "help": "trained model folder output/<ID>"})
+    audio: str = field(metadata={"help": "speech .wav fed in chunks"})
+    chunk_ms: int = field(default=200, metadata={"help": "audio chunk length in ms"})
+    realtime: bool = field(default=False, metadata={"help": "feed chunks at the speed of speech (else as fast as possible)"})
+    output: str | None = field(default=None, metadata={"help": "output mp4 (default output/<ID>/inference/<audio name>_stream.mp4)"})
+    dilate: bool = field(default=False, metadata={"help": "dilate the mouth alpha 13x13 before compositing"})
+    reference_db: float | None = field(default=None, metadata={"help": "mel level reference in dB (default: measured on the first audio)"})
+    lookahead_ms: float | None = field(default=None, metadata={
+        "help": "emit frame i after i*40 ms + this much audio, unheard audio as silence (default: 292 ms, frames identical to offline)"})
+    seed: int = field(default=0, metadata={"help": "seed of the blink timing"})
+    batch: int = field(default=8, metadata={"help": "largest number of frames rendered at once"})
+    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
+
+
+def run_stream(synth: StreamSynthesizer, samples: np.ndarray, chunk_ms: int = 200, realtime: bool = False,
+               on_frame=None) -> dict:
+    """Feed ``samples`` in chunks; returns latency and throughput figures.
+
+    ``first_frame_latency_s``: from the arrival of the chunk that completed the first frame to
+    that frame being ready. ``first_frame_audio_s``: audio received when the first frame was due.
+    """
+    import torch
+
+    chunk = max(1, int(round(chunk_ms * AUDIO_SAMPLE_RATE / 1000)))
+    sync = torch.cuda.synchronize if synth.model.device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    first_latency = None
+    count = 0
+    for s in range(0, samples.shape[0], chunk):
+        if realtime:
+            due = t0 + (s + chunk) / AUDIO_SAMPLE_RATE
+            time.sleep(max(0.0, due - time.perf_counter()))
+        t_chunk = time.perf_counter()
+        for frame in synth.push(samples[s : s + chunk]):
+            if first_latency is None:
+                sync()
+                first_latency = time.perf_counter() - t_chunk
+            count += 1
+            if on_frame is not None:
+                on_frame(frame)
+    for frame in synth.finish():
+        if first_latency is None:
+            first_latency = time.perf_counter() - t0
+        count += 1
+        if on_frame is not None:
+            on_frame(frame)
+    sync()
+    total = time.perf_counter() - t0
+    audio_s = samples.shape[0] / AUDIO_SAMPLE_RATE
+    return {"frames": count, "audio_seconds": audio_s, "wall_seconds": total, "fps": count / max(total, 1e-9),
+            "first_frame_latency_s": first_latency, "first_frame_audio_s": synth.first_frame_audio_s,
+            "chunk_ms": chunk_ms, "realtime": realtime, "reference_db": synth.reference_db}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from instag.io.encode import VideoWriter, ffmpeg_exe, mux_audio
+    from instag.io.wav import load_audio_16k_mono
+
+    cfg = parse(StreamConfig, argv, prog="instag stream")
+    if cfg.chunk_ms < 1 or cfg.batch < 1:
+        raise InstagError("--chunk_ms and --batch must be at least 1")
+    samples = load_audio_16k_mono(cfg.audio)
+    synth = StreamSynthesizer.from_paths(cfg.source_path, cfg.model_path, cfg.device, dilate=cfg.dilate,
+                                         reference_db=cfg.reference_db, seed=cfg.seed, batch=cfg.batch,
+                                         lookahead_ms=cfg.lookahead_ms)
+    out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}_stream.mp4"
+    silent = out.with_name(f".{out.stem}.silent.mp4")
+    with VideoWriter(silent, fps=FPS) as writer:
+        stats = run_stream(synth, samples, cfg.chunk_ms, cfg.realtime, writer.write)
+    if ffmpeg_exe() is not None:
+        mux_audio(silent, cfg.audio, out)
+        silent.unlink(missing_ok=True)
+    else:
+        silent.replace(out)
+        print(f"instag stream: {out} has no sound: no ffmpeg binary (pip install imageio-ffmpeg)", file=sys.stderr)
+    print(f"instag stream: wrote {out} ({stats['frames']} frames); first frame {1000 * stats['first_frame_latency_s']:.0f} ms "
+          f"after its audio arrived (needs {1000 * (stats['first_frame_audio_s'] or 0):.0f} ms of audio with "
+          f"{cfg.chunk_ms}-ms chunks); {stats['fps']:.1f} FPS overall; mel reference {stats['reference_db']:.2f} dB "
+          f"(pass --reference_db to synthesize for identical frames)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""Offline synthesis: a trained head driven by new speech -> mp4 with that sound.
+
+``python synthesize_fuse.py -S data/<ID> -M output/<ID> --audio new.wav`` (or ``instag synthesize``)
+writes ``output/<ID>/inference/<audio name>.mp4``:
+
+- audio: a wav (features extracted with the model's extractor; mel block by block so that
+  streaming gives the same frames, :mod:`instag.infer.features`) or a feature ``.npy``;
+- head pose, torso and background: the training frames played forward then backward
+  (ping-pong, no jump where the loop turns) for as long as the audio lasts;
+- eye and brow AUs: the training frames' values along the same ping-pong, with blinks drawn
+  at the training clip's blink rate and depth (or an OpenFace-format csv with ``--au_csv``);
+- ``--dilate``: 13×13 dilation of the mouth alpha (METHOD §2.10); ``--full_frame``: paste the
+  rendered crop back into the source video's framing (``crop.json``); ``--save_frames``: PNGs too.
+
+:func:`render_frames` is the one rendering path: the evaluation split (``instag evaluate``,
+adaptation's final evaluation) and streaming use it too.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from instag.config import parse
+from instag.data.format import FPS, DatasetLayout
+from instag.errors import InstagError
+from instag.render import Camera
+
+BLINK_FRAMES = 7  # ~280 ms, a typical blink
+MIN_BLINK_GAP_S = 1.2
+DEFAULT_BLINKS_PER_MIN = 15.0
+
+
+@dataclass
+class SynthesizeConfig:
+    """Render a trained talking head driven by new audio into an mp4 with that sound."""
+
+    source_path: str = field(metadata={"flags": ("-S", "-s"), "help": "processed clip data/<ID>"})
+    model_path: str = field(metadata={"flags": ("-M", "-m"), "help": "trained model folder output/<ID>"})
+    audio: str = field(metadata={"help": "driving speech: a .wav, or a feature .npy made by the model's extractor"})
+    audio_extractor: str | None = field(default=None, metadata={
+        "help": "extractor of the features (default: the one recorded in the model; a mismatch is refused)",
+        "choices": ("mel", "deepspeech", "esperanto", "hubert", "ave")})
+    output: str | None = field(default=None, metadata={"help": "output mp4 (default output/<ID>/inference/<audio name>.mp4)"})
+    dilate: bool = field(default=False, metadata={"help": "dilate the mouth alpha 13x13 before compositing (recommended)"})
+    full_frame: bool = field(default=False, metadata={"help": "paste the render back into the source video's framing (crop.json)"})
+    save_frames: bool = field(default=False, metadata={"help": "also write every frame as PNG beside the video"})
+    au_csv: str | None = field(default=None, metadata={"help": "OpenFace-format AU csv driving eyes and brows (default: training-clip statistics)"})
+    reference_db: float | None = field(default=None, metadata={"help": "mel level reference in dB (default: the clip's own; streaming prints the one it used)"})
+    seed: int = field(default=0, metadata={"help": "seed of the blink timing"})
+    batch: int = field(default=8, metadata={"help": "frames rendered per batch"})
+    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
+
+
+# ---------------------------------------------------------------------------------------- planning
+def pingpong(k: int, n: int) -> int:
+    """Index into n frames of the k-th frame of a forward-backward loop (0,1,..,n-1,n-2,..,1,0,1,..)."""
+    if n <= 1:
+        return 0
+    period = 2 * n - 2
+    j = k % period
+    return j if j < n else period - j
+
+
+def blink_track(train_au45: np.ndarray, num_frames: int, seed: int = 0) -> np.ndarray:
+    """AU45 [T] with blinks at the training clip's rate and depth.
+
+    The open-eye level is the training clip's 10th percentile, a blink peaks at its 95th; blinks
+    are counted in training as rises through the midpoint (at least one per 6 s assumed when none
+    is seen) and placed with exponential gaps of at least 1.2 s, each a 7-frame raised cosine.
+    """
+    au45 = np.asarray(train_au45, np.float64)
+    rest, peak = (float(np.percentile(au45, 10)), float(np.percentile(au45, 95))) if au45.size else (0.0, 0.0)
+    if au45.size < 2 or peak - rest < 0.2:
+        rest, peak, rate = rest, max(peak, rest + 1.0), DEFAULT_BLINKS_PER_MIN / 60.0
+    else:
+        mid = (rest + peak) / 2
+        rises = int(np.sum((au45[1:] >= mid) & (au45[:-1] < mid)))
+        rate = max(rises, 1) / max(au45.size / FPS, 6.0)
+    rng = np.random.default_rng(seed)
+    track = np.full(num_frames, rest)
+    shape = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(BLINK_FRAMES) + 1) / (BLINK_FRAMES + 1))
+    t = rng.uniform(0.3, 1.0) / rate * FPS
+    while t < num_frames:
+        start = int(t)
+        seg = track[start : start + BLINK_FRAMES]
+        seg[:] = np.maximum(seg, rest + (peak - rest) * shape[: seg.size])
+        t += max(MIN_BLINK_GAP_S * FPS, rng.exponential(1.0 / rate) * FPS)
+    return track
+
+
+def read_au_exp_csv(path: str | Path, num_frames: int) -> np.ndarray:
+    """au_exp [T,6] (AU01, 04, 05, 06, 07, AU45 clipped to [0,2]) from an OpenFace-format csv,
+    the last row repeated when the csv is shorter."""
+    from instag.data.dataset import AU_EXP_COLUMNS
+    from instag.preprocess.au import read_au_csv
+
+    table = {k.strip(): np.asarray(v, np.float32) for k, v in read_au_csv(Path(path)).items()}
+    missing = [c for c in AU_EXP_COLUMNS if c not in table]
+    if missing:
+        raise InstagError(f"{path} lacks AU columns {missing}; give an OpenFace FeatureExtraction csv")
+    au = np.stack([table[c] for c in AU_EXP_COLUMNS], axis=1)
+    if au.shape[0] == 0:
+        raise InstagError(f"{path} holds no rows")
+    if au.shape[0] < num_frames:
+        au = np.concatenate([au, np.repeat(au[-1:], num_frames - au.shape[0], 0)])
+    au = au[:num_frames].copy()
+    au[:, 5] = np.clip(au[:, 5], 0, 2)
+    return au
+
+
+@dataclass
+class Plan:
+    """What drives each output frame: cameras, the frame index giving torso/background (and the
+    source frame for ``--full_frame``), eye/brow AUs [T,6] and the audio item index."""
+
+    cameras: list[Camera]
+    background_index: list[int]
+    au_exp: np.ndarray
+    audio_index: list[int]
+
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+
+def pingpong_plan(clip, num_frames: int, au_exp: np.ndarray | None = None, seed: int = 0) -> Plan:
+    """Plan over the training clip ``clip`` (:func:`instag.data.dataset.load_clip`) for new audio."""
+    n = len(clip.frames)
+    order = [pingpong(k, n) for k in range(num_frames)]
+    if au_exp is None:
+        au_exp = clip.au_exp[order].copy()
+        if clip.has_au:
+            au_exp[:, 5] = blink_track(clip.au_exp[:, 5], num_frames, seed)
+    return Plan([clip.frames[j].camera for j in order], [clip.frames[j].index for j in order],
+                np.asarray(au_exp, np.float32), list(range(num_frames)))
+
+
+def split_plan(clip) -> Plan:
+    """Plan of a split as recorded (evaluation): its cameras, backgrounds, AUs and audio ids."""
+    return Plan([f.camera for f in clip.frames], [f.index for f in clip.frames], clip.au_exp.astype(np.float32),
+                [f.aud_id for f in clip.frames])
+
+
+# ---------------------------------------------------------------------------------------- rendering
+class Backgrounds:
+    """Torso-over-plate backgrounds RGB float [3,H,W] per frame index, read ahead in threads with a small cache."""
+
+    def __init__(self, layout: DatasetLayout, size: tuple[int, int], cache: int = 64, workers: int = 4):
+        from instag.data.dataset import read_background
+
+        self.layout = layout
+        self.size = size  # (H, W)
+        plate = cv2.imread(str(layout.background)) if layout.background.exists() else None
+        self._plate = plate
+        self._read = read_background
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._limit = cache
+        self._pool = ThreadPoolExecutor(max_workers=workers)
+        self._pending: dict[int, object] = {}
+
+    def _load(self, index: int) -> np.ndarray:
+        bgr = self._read(self.layout, index, self._plate)
+        h, w = self.size
+        if bgr.shape[:2] != (h, w):
+            bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(bgr[:, :, ::-1])
+
+    def prefetch(self, indices: list[int]) -> None:
+        for i in indices:
+            if i not in self._cache and i not in self._pending:
+                self._pending[i] = self._pool.submit(self._load, i)
+
+    def get(self, index: int) -> np.ndarray:
+        """uint8 [H,W,3] RGB."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        fut = self._pending.pop(index, None)
+        img = fut.result() if fut is not None else self._load(index)
+        self._cache[index] = img
+        if len(self._cache) > self._limit:
+            self._cache.popitem(last=False)
+        return img
+
+    def batch(self, indices: list[int], device: torch.device) -> torch.Tensor:
+        imgs = np.stack([self.get(i) for i in indices])
+        return torch.from_numpy(imgs).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B,3,H,W] float in [0,1] -> uint8 [B,H,W,3] RGB on the CPU."""
+    return images.clamp(0, 1).mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def render_frames(model, plan: Plan, items: torch.Tensor, backgrounds: Backgrounds, dilate: bool = False,
+                  batch: int = 8, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+    """Frames ``start..stop-1`` of ``plan`` as uint8 [H,W,3] RGB; ``items`` [T,C,W] audio items."""
+    from instag.audio.windows import frame_windows
+
+    dev = model.device
+    items = items.to(dev, torch.float32)
+    au = torch.from_numpy(np.asarray(plan.au_exp, np.float32)).to(dev)
+    stop = len(plan) if stop is None else stop
+    backgrounds.prefetch(plan.background_index[start : start + 2 * batch])
+    for s in range(start, stop, batch):
+        e = min(stop, s + batch)
+        backgrounds.prefetch(plan.background_index[e : e + 2 * batch])
+        idx = torch.tensor(plan.audio_index[s:e], device=dev)
+        out = model.render_frames(plan.cameras[s:e], frame_windows(items, idx), au[s:e],
+                                  backgrounds.batch(plan.background_index[s:e], dev), dilate=dilate)
+        yield from to_uint8(out["image"])
+
+
+def load_model(model_path: str | Path, audio_extractor: str | None, device: str | None):
+    """The fused head, refusing an extractor other than the one it was trained with."""
+    from instag.model.talking_head import TalkingHead
+
+    model = TalkingHead.load(model_path, device=device)
+    if audio_extractor is not None and audio_extractor != model.audio_extractor:
+        raise InstagError(f"{model_path} was trained with --audio_extractor {model.audio_extractor}, not {audio_extractor}; "
+                          f"pass --audio_extractor {model.audio_extractor} (and features made by it)")
+    return model
+
+
+# ---------------------------------------------------------------------------------------- full frame
+class FullFrame:
+    """Pastes rendered crops back into the source video's frames (``crop.json``)."""
+
+    def __init__(self, layout: DatasetLayout, indices: list[int]):
+        import json
+
+        if not layout.crop.exists():
+            raise InstagError(f"--full_frame needs {layout.crop}; re-run preprocessing (it records the crop)")
+        crop = json.loads(layout.crop.read_text(encoding="utf-8"))
+        self.applied = bool(crop.get("applied", False))
+        self.box = [int(v) for v in crop["box"]]
+        self._frames: dict[int, bytes] = {}
+        if not self.applied:
+            return
+        from instag.io.video import iter_frames, probe
+
+        if not layout.video.exists():
+            raise InstagError(f"--full_frame needs the source video {layout.video} (the crop is pasted into its frames)")
+        wanted = set(indices)
+        last = max(wanted)
+        for i, frame in enumerate(iter_frames(probe(layout.video, require_audio=False))):
+            if i in wanted:  # kept JPEG-compressed in memory: a few hundred kB per source frame
+                self._frames[i] = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+            if i >= last:
+                break
+
+    def paste(self, rgb: np.ndarray, index: int) -> np.ndarray:
+        if not self.applied:
+            return rgb
+        data = self._frames.get(index)
+        if data is None:
+            raise InstagError(f"source frame {index} of the video is missing; re-run preprocessing")
+        full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+        x, y, w, h = self.box
+        full[y : y + h, x : x + w] = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_CUBIC if w > rgb.shape[1] else cv2.INTER_AREA)
+        return full
+
+
+# ---------------------------------------------------------------------------------------- output
+def write_outputs(frames: Iterator[np.ndarray], out_mp4: Path, wav: Path | None, frames_dir: Path | None = None,
+                  samples: np.ndarray | None = None) -> dict:
+    """Encode ``frames`` to ``out_mp4`` and mux ``wav`` (or ``samples`` at 16 kHz) into it; times in seconds."""
+    from instag.io.atomic import atomic_path
+    from instag.io.encode import VideoWriter, ffmpeg_exe, mux_audio
+
+    times = {"render_encode": 0.0, "mux": 0.0}
+    count = 0
+    t0 = time.perf_counter()
+    can_mux = (wav is not None or samples is not None) and ffmpeg_exe() is not None
+    with tempfile.TemporaryDirectory(prefix=".instag-", dir=out_mp4.parent) as tmp:
+        silent = Path(tmp) / "video.mp4" if can_mux else out_mp4
+        with VideoWriter(silent, fps=FPS, background=True) as writer:
+            for frame in frames:
+                writer.write(frame)
+                if frames_dir is not None:
+                    with atomic_path(frames_dir / f"{count:05d}.png") as p:
+                        cv2.imwrite(str(p), frame[:, :, ::-1])
+                count += 1
+        times["render_encode"] = time.perf_counter() - t0
+        if can_mux:
+            t1 = time.perf_counter()
+            if wav is None or wav.suffix.lower() != ".wav":
+                from instag.io.wav import write_wav
+
+                wav = Path(tmp) / "audio.wav"
+                write_wav(wav, samples, 16000)
+            mux_audio(silent, wav, out_mp4)
+            times["mux"] = time.perf_counter() - t1
+    return {"frames": count, "muxed": can_mux, **times}
+
+
+def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
+    """Run synthesis for ``cfg``; returns paths, frame count and timings."""
+    from instag.data.dataset import load_clip
+    from instag.infer.features import audio_items
+
+    t_start = time.perf_counter()
+    layout = DatasetLayout.of(cfg.source_path)
+    model = load_model(cfg.model_path, cfg.audio_extractor, cfg.device)
+    extractor = model.audio_extractor
+    t0 = time.perf_counter()
+    items, info = audio_items(cfg.audio, extractor, cfg.reference_db)
+    t_features = time.perf_counter() - t0
+    num_frames = int(items.shape[0])
+    if num_frames == 0:
+        raise InstagError(f"{cfg.audio} is too short to drive a single frame")
+    clip = load_clip(layout.root, "train", extractor)
+    au = read_au_exp_csv(cfg.au_csv, num_frames) if cfg.au_csv else None
+    plan = pingpong_plan(clip, num_frames, au, cfg.seed)
+    out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}.mp4"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frames_dir = out.with_suffix("") if cfg.save_frames else None
+    cam0 = plan.cameras[0]
+    backgrounds = Backgrounds(layout, (cam0.height, cam0.width))
+    paste = FullFrame(layout, sorted(set(plan.background_index))) if cfg.full_frame else None
+    render_time = [0.0]
+
+    def frames() -> Iterator[np.ndarray]:
+        it = render_frames(model, plan, items, backgrounds, cfg.dilate, cfg.batch)
+        k = 0
+        while True:
+            t = time.perf_counter()
+            frame = next(it, None)
+            render_time[0] += time.perf_counter() - t
+            if frame is None:
+                return
+            yield paste.paste(frame, plan.background_index[k]) if paste is not None else frame
+            k += 1
+
+    try:
+        stats = write_outputs(frames(), out, info.get("wav"), frames_dir, info.get("samples"))
+    finally:
+        backgrounds.close()
+    total = time.perf_counter() - t_start
+    result = {
+        "output": str(out), "frames": stats["frames"], "seconds_of_video": stats["frames"] / FPS,
+        "audio_muxed": stats["muxed"], "reference_db": info.get("reference_db"),
+        "time_features": t_features, "time_render": render_time[0],
+        "time_encode": stats["render_encode"] - render_time[0], "time_mux": stats["mux"], "time_total": total,
+        "render_fps": stats["frames"] / max(render_time[0], 1e-9),
+    }
+    log(f"instag synthesize: wrote {out} ({stats['frames']} frames, {stats['frames'] / FPS:.2f} s"
+        f"{'' if stats['muxed'] else ', no audio: ffmpeg unavailable or no wav'}); rendering {result['render_fps']:.1f} FPS, "
+        f"end to end {total:.2f} s (features {t_features:.2f}, render {render_time[0]:.2f}, "
+        f"encode {result['time_encode']:.2f}, mux {stats['mux']:.2f})")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse(SynthesizeConfig, argv, prog="instag synthesize")
+    if cfg.batch < 1:
+        raise InstagError("--batch must be at least 1")
+    synthesize(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
