@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["psnr_vs_offline"] = psnr_from_mse(float(np.mean([mse(a, b) for a, b in zip(frames, offline[ref])])))
                 row["max_abs_diff"] = int(max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(frames, offline[ref])))
                 rows.append(row)
-        info = {"device": device_name(), "model": "trained" if cfg.model_path else "random init",
-                "data": "real" if cfg.source_path else "synthetic 512x512", **model_counts(model),
+        info = {"device": device_name(), "model": cfg.model_path or "random init",
+                "data": cfg.source_path or f"synthetic {cfg.resolution}x{cfg.resolution}", **model_counts(model),
                 "audio_seconds": cfg.seconds, "lookahead_ms": 292, "bar_first_frame_ms": 150, "bar_fps": 25, "rows": rows}
     print(f"streaming on {info['device']} ({info['model']} head, {info['face_gaussians']}+{info['mouth_gaussians']} Gaussians)")
     print(table(rows, ["chunk_ms", "lookahead_ms", "frames", "first_audio_ms", "first_latency_ms", "max_lag_ms",

@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"run": run, "frames": res["frames"], "features_s": res["time_features"],
                          "render_s": res["time_render"], "encode_s": res["time_encode"], "mux_s": res["time_mux"],
                          "total_s": wall, "render_fps": res["render_fps"], "audio_muxed": res["audio_muxed"]})
-        info = {"device": device_name(), "model": "trained" if cfg.model_path else "random init",
-                "data": "real" if cfg.source_path else "synthetic 512x512", **model_counts(model),
+        info = {"device": device_name(), "model": cfg.model_path or "random init",
+                "data": cfg.source_path or f"synthetic {cfg.resolution}x{cfg.resolution}", **model_counts(model),
                 "audio_seconds": cfg.seconds if not cfg.audio else None, "batch": cfg.batch, "dilate": cfg.dilate,
                 "bar_total_s": 10.0, "rows": rows}
     print(f"synthesis of {rows[0]['frames']} frames on {info['device']} ({info['model']} head, "

@@ -13,7 +13,7 @@ BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(argv or [])
-    names = sorted(p.stem for p in BENCH_DIR.glob("*.py")) if BENCH_DIR.is_dir() else []
+    names = sorted(p.stem for p in BENCH_DIR.glob("*.py") if not p.stem.startswith("_")) if BENCH_DIR.is_dir() else []
     if not argv or argv[0].startswith("-"):
         print("usage: instag bench NAME [args]\nbenchmarks: " + (", ".join(names) or "none (bench/ lives in the source checkout)"))
         return 0 if argv else 2

@@ -74,3 +74,12 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path):
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, res.stderr
     assert "Traceback" not in res.stderr and str(missing) in lines[0]
+
+
+def test_atomic_outputs_follow_the_umask(tmp_path):
+    import os
+
+    write_json(tmp_path / "x.json", {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -108,10 +108,12 @@ def test_geometry_prior_npy(tmp_path, marker):
 
 def test_features_through_the_cli(tmp_path, marker):
     layout = synthetic_dataset(tmp_path / "clip", size=16, n_train=4, n_val=2)
+    from badinputs import pretrained
+
     evil_npy(layout.audio_features("mel"), marker)
-    proc = run_cli("adapt", "-S", str(layout.root), "-M", str(tmp_path / "out"), "--pretrain_path", str(tmp_path / "pre"),
-                   "--audio_extractor", "mel", "--device", "cpu")
-    one_line_error(proc)  # no pre-trained model here: refused before (or while) reading any array, never unpickled
+    proc = run_cli("adapt", "-S", str(layout.root), "-M", str(tmp_path / "out"), "--pretrain_path",
+                   str(pretrained(tmp_path / "pre")), "--device", "cpu", "--preset", "tiny")
+    one_line_error(proc, str(layout.audio_features("mel")))
 
 
 # ----------------------------------------------------------------------------- checkpoints

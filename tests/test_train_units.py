@@ -145,6 +145,16 @@ def test_empty_parsing_masks_do_not_make_nan(clips, tmp_path):
         Trainer(stage_config(stage, "adapt", 4).replace(warmup=1), [ident], torch.device("cpu")).run(0, progress=False)
 
 
+def test_step_with_every_gaussian_out_of_view_is_skipped(clips):
+    ident = _identity(clips[0])
+    with torch.no_grad():  # move the whole mouth cloud far behind the camera: nothing reaches the image
+        ident.head.mouth.xyz.add_(torch.tensor([0.0, 0.0, 50.0]))
+    cfg = stage_config("mouth", "adapt", 3).replace(warmup=5)  # static steps: the loss touches only the cloud
+    trainer = Trainer(cfg, [ident], torch.device("cpu"))
+    assert trainer.run(0, progress=False) == 3
+    assert trainer.skipped_steps >= 1  # before the guard, backward() raised on the first such step
+
+
 def test_nan_loss_stops_naming_step(clips):
     ident = _identity(clips[0])
     cfg = stage_config("face", "adapt", 10)

@@ -40,6 +40,15 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     return count
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``.
@@ -52,6 +61,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}{TEMP_MARK}", suffix=suffix or target.suffix or ".tmp", dir=parent)
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs follow the umask like any other file
         os.close(fd)
     except OSError as err:
         raise InstagError(f"cannot write {target}: {err.strerror or err}; check the folder exists and is writable") from err

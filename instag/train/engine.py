@@ -121,6 +121,7 @@ class Trainer:
         self._setup_trainable()
         self.build_optimizers()
         self.losses_window: list[Tensor] = []
+        self.skipped_steps = 0  # steps with nothing in view (no gradient), see step()
         self.history: list[StepLog] = []
 
     # ------------------------------------------------------------------ setup
@@ -476,6 +477,12 @@ class Trainer:
         out = info["out"]
         if out is not None and out.means2d is not None and out.means2d.requires_grad:
             out.means2d.retain_grad()
+        if not loss.requires_grad:
+            # Nothing trainable reached the image this step (e.g. every Gaussian moved out of view):
+            # there is no gradient to apply, so skip the update instead of failing the run.
+            self.skipped_steps += 1
+            self.losses_window.append(loss.detach())
+            return loss.detach()
         loss.backward()
         with torch.no_grad():
             ident.gauss_opt.step()
