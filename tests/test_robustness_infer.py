@@ -160,8 +160,6 @@ def test_unwritable_output(world, tmp_path):
     assert blocker.read_text() == "x"
 
 
-@pytest.mark.xfail(reason="synthesize --save_frames writes PNGs straight into the output folder: a failed run leaves "
-                          "them (fix listed for INFER in .plan/ROBUSTNESS_REPORT.md)", strict=False)
 def test_full_disk_leaves_no_partial_video(world, tmp_path):
     out = tmp_path / "out" / "o.mp4"
     proc = synth(world, world["audio"].wav("speech", seconds=0.4), "--output", str(out), "--save_frames",

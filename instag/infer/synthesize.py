@@ -18,6 +18,8 @@ adaptation's final evaluation) and streaming use it too.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -278,7 +280,7 @@ class FullFrame:
 def write_outputs(frames: Iterator[np.ndarray], out_mp4: Path, wav: Path | None, frames_dir: Path | None = None,
                   samples: np.ndarray | None = None) -> dict:
     """Encode ``frames`` to ``out_mp4`` and mux ``wav`` (or ``samples`` at 16 kHz) into it; times in seconds."""
-    from instag.io.atomic import atomic_path
+    from instag.io.atomic import write_image
     from instag.io.encode import VideoWriter, ffmpeg_exe, mux_audio
 
     times = {"render_encode": 0.0, "mux": 0.0}
@@ -287,13 +289,20 @@ def write_outputs(frames: Iterator[np.ndarray], out_mp4: Path, wav: Path | None,
     can_mux = (wav is not None or samples is not None) and ffmpeg_exe() is not None
     with tempfile.TemporaryDirectory(prefix=".instag-", dir=out_mp4.parent) as tmp:
         silent = Path(tmp) / "video.mp4" if can_mux else out_mp4
-        with VideoWriter(silent, fps=FPS, background=True) as writer:
-            for frame in frames:
-                writer.write(frame)
-                if frames_dir is not None:
-                    with atomic_path(frames_dir / f"{count:05d}.png") as p:
-                        cv2.imwrite(str(p), frame[:, :, ::-1])
-                count += 1
+        staged_frames = Path(tmp) / "frames"  # PNGs move into place only once the video is complete
+        try:
+            with VideoWriter(silent, fps=FPS, background=True) as writer:
+                for frame in frames:
+                    writer.write(frame)
+                    if frames_dir is not None:
+                        write_image(staged_frames / f"{count:05d}.png", frame[:, :, ::-1])
+                    count += 1
+        except InstagError as err:  # name the user's outputs, not the staging folder
+            if tmp not in str(err):
+                raise
+            reason = str(err).split(": ", 1)[-1]
+            frames_note = f" and its frames {frames_dir}" if frames_dir is not None else ""
+            raise InstagError(f"cannot write {out_mp4}{frames_note}: {reason}") from err
         times["render_encode"] = time.perf_counter() - t0
         if can_mux:
             t1 = time.perf_counter()
@@ -304,6 +313,9 @@ def write_outputs(frames: Iterator[np.ndarray], out_mp4: Path, wav: Path | None,
                 write_wav(wav, samples, 16000)
             mux_audio(silent, wav, out_mp4)
             times["mux"] = time.perf_counter() - t1
+        if frames_dir is not None and count:
+            shutil.rmtree(frames_dir, ignore_errors=True)
+            os.replace(staged_frames, frames_dir)
     return {"frames": count, "muxed": can_mux, **times}
 
 
