@@ -168,7 +168,7 @@ def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: b
     """
     from instag.data.dataset import load_clip
     from instag.infer.synthesize import Backgrounds, load_model, render_frames, split_plan
-    from instag.io.atomic import atomic_path
+    from instag.io.atomic import write_image
     from instag.io.encode import VideoWriter, ffmpeg_exe, mux_audio
     from instag.io.wav import load_audio_16k_mono, write_wav
 
@@ -226,8 +226,7 @@ def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: b
                     from instag.metrics.syncnet import face_crop
 
                     gt_crops.append(face_crop(gt_bgr, gt_lm if gt_lm is not None else np.array([[0, 0], gt.shape[1::-1]])))
-                with atomic_path(renders / f"{k:05d}.png") as png:
-                    cv2.imwrite(str(png), pred[:, :, ::-1])
+                write_image(renders / f"{k:05d}.png", pred[:, :, ::-1])  # raises when OpenCV cannot write
                 vid.write(pred)
                 tiles = [gt, pred] + ([spred] if spred is not None else [])
                 sbs.write(side_by_side(tiles, ["ground truth", "ours", "static (silence)"][: len(tiles)]))
