@@ -30,7 +30,15 @@ from instag.train.checkpoint import (
 )
 from instag.train.config import stage_config
 from instag.train.engine import Identity
-from instag.train.run import INCOMPLETE, pick_device, pick_workers, run_stage, set_seed, stage_done
+from instag.train.run import (
+    INCOMPLETE,
+    pick_device,
+    pick_workers,
+    remaining_seconds,
+    run_stage,
+    set_seed,
+    stage_done,
+)
 
 EXTRACTORS = ("mel", "deepspeech", "esperanto", "hubert", "ave")
 PRESETS = {
@@ -136,7 +144,7 @@ def adapt(cfg: AdaptConfig, log=print) -> int:
             trainer.ids[0].head.save(out, f"chkpnt_{stage}_latest", {**meta, "stage": stage, "iteration": it, "iterations": scfg.iterations})
 
         result, _ = run_stage(scfg, [identity], device, out, f"train_{stage}", meta, cfg.resume, on_save, workers,
-                              _remaining(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet,
+                              remaining_seconds(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet,
                               save_seconds=cfg.checkpoint_seconds)
         head = identity.head
         summary["stages"][stage] = {"iterations": scfg.iterations, "reached": result.iteration, "seconds": round(result.seconds, 1),
@@ -161,11 +169,6 @@ def evaluate(cfg: AdaptConfig, device: torch.device, log=print) -> dict | None:
         return None
     return evaluate_model(cfg.source_path, cfg.model_path, dilate=cfg.dilate, device=str(device), log=log)
 
-
-
-def _remaining(stop_after: float, t_start: float) -> float | None:
-    """--stop_after is one deadline for the whole command, shared by its stages."""
-    return max(1e-3, stop_after - (time.time() - t_start)) if stop_after > 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:

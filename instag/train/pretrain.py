@@ -26,7 +26,15 @@ from instag.model.talking_head import TalkingHead
 from instag.train.checkpoint import read_checkpoint, save_universal, unprefixed
 from instag.train.config import stage_config
 from instag.train.engine import Identity, restore_models
-from instag.train.run import INCOMPLETE, pick_device, pick_workers, run_stage, set_seed, stage_done
+from instag.train.run import (
+    INCOMPLETE,
+    pick_device,
+    pick_workers,
+    remaining_seconds,
+    run_stage,
+    set_seed,
+    stage_done,
+)
 
 EXTRACTORS = ("mel", "deepspeech", "esperanto", "hubert", "ave")
 PRESETS = {
@@ -145,7 +153,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> int:
             save_universal(out, stage, ema, {**meta, "iteration": it, "iterations": scfg.iterations})
 
         result, _ = run_stage(scfg, identities, device, out, stem, meta, cfg.resume, on_save, workers,
-                              _remaining(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet,
+                              remaining_seconds(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet,
                               save_seconds=cfg.checkpoint_seconds)
         timings[stage] = result.seconds
         summary["stages"][stage] = {"iterations": scfg.iterations, "reached": result.iteration, "seconds": round(result.seconds, 1),
@@ -178,11 +186,6 @@ def static_warmup(scfg, num_identities: int, per_identity: int):
     if scfg.stage == "face":
         kw["hair_from"] = max(scfg.hair_from, floor)
     return scfg.replace(**kw)
-
-
-def _remaining(stop_after: float, t_start: float) -> float | None:
-    """--stop_after is one deadline for the whole command, shared by its stages."""
-    return max(1e-3, stop_after - (time.time() - t_start)) if stop_after > 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:

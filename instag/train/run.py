@@ -157,3 +157,8 @@ def run_stage(
     print(f"instag: {cfg.mode} {cfg.stage}: {done} steps, {1000 * trainer.time_step / done:.1f} ms/step compute, "
           f"{1000 * trainer.time_data / done:.1f} ms/step waiting for data", file=sys.stderr)
     return StageResult(last, last >= cfg.iterations, time.time() - t0, logger.history), trainer
+
+
+def remaining_seconds(stop_after: float, t_start: float) -> float | None:
+    """``--stop_after`` is one deadline for the whole command, shared by its stages (None: no deadline)."""
+    return max(1e-3, stop_after - (time.time() - t_start)) if stop_after > 0 else None
