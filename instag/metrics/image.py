@@ -11,6 +11,7 @@ Frames may be uint8 ``[H,W,3]`` RGB arrays (values 0..255) or float ``[3,H,W]`` 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -67,26 +68,42 @@ def to_gray255(frame: Any) -> np.ndarray:
     return rgb @ np.asarray(LUMA_WEIGHTS, dtype=np.float64)
 
 
-def ssim_map(gray_a: torch.Tensor, gray_b: torch.Tensor) -> torch.Tensor:
-    """SSIM map of two grayscale images [H,W] (0..255) -> [H-10, W-10] (valid window positions)."""
-    c1, c2 = (0.01 * 255.0) ** 2, (0.03 * 255.0) ** 2
-    g = gaussian_window()
-    kx, ky = g.view(1, 1, 1, -1), g.view(1, 1, -1, 1)
+@functools.lru_cache(maxsize=8)
+def _window(device: str, dtype: torch.dtype) -> torch.Tensor:
+    return gaussian_window().to(device=device, dtype=dtype)
+
+
+def ssim_images_map(a: torch.Tensor, b: torch.Tensor, data_range: float, pad: bool) -> torch.Tensor:
+    """Per-channel SSIM map of ``[B,C,H,W]`` images (11×11 Gaussian window, σ 1.5, separable).
+
+    ``pad=True`` keeps ``[H,W]`` with zero padding (the training loss); ``pad=False`` keeps only the
+    window positions fully inside the image, ``[H-10,W-10]`` (the metric). The one SSIM of the project.
+    """
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    g = _window(str(a.device), a.dtype)
+    channels, p = a.shape[1], (SSIM_WINDOW // 2 if pad else 0)
+    kx = g.view(1, 1, 1, -1).expand(channels, 1, 1, SSIM_WINDOW)
+    ky = g.view(1, 1, -1, 1).expand(channels, 1, SSIM_WINDOW, 1)
 
     def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(x, kx), ky)
+        return F.conv2d(F.conv2d(x, kx, padding=(0, p), groups=channels), ky, padding=(p, 0), groups=channels)
 
-    a = gray_a.to(torch.float64)[None, None]
-    b = gray_b.to(torch.float64)[None, None]
-    if min(a.shape[-2:]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {tuple(a.shape[-2:])}")
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a**2
     var_b = blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
-    return (num / den)[0, 0]
+    return num / den
+
+
+def ssim_map(gray_a: torch.Tensor, gray_b: torch.Tensor) -> torch.Tensor:
+    """SSIM map of two grayscale images [H,W] (0..255) -> [H-10, W-10] (valid window positions)."""
+    a = gray_a.to(torch.float64)[None, None]
+    b = gray_b.to(torch.float64)[None, None]
+    if min(a.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {tuple(a.shape[-2:])}")
+    return ssim_images_map(a, b, 255.0, pad=False)[0, 0]
 
 
 def ssim(pred: Any, gt: Any) -> float:

@@ -5,42 +5,20 @@ Images are ``[C,H,W]`` floats in [0,1]; masks ``[H,W]`` or ``[1,H,W]`` bool.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from instag.metrics.image import ssim_images_map
+
 GREEN = (0.0, 1.0, 0.0)
-SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
-
-
-@functools.lru_cache(maxsize=8)
-def _gauss_1d(size: int, sigma: float, device: str, dtype: torch.dtype) -> Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return (g / g.sum()).to(device=device, dtype=dtype)
-
-
-def _blur(x: Tensor, size: int = 11, sigma: float = 1.5) -> Tensor:
-    """Separable Gaussian blur of ``[B,C,H,W]`` (zero padding, as the reference SSIM)."""
-    g = _gauss_1d(size, sigma, str(x.device), x.dtype)
-    c = x.shape[1]
-    x = F.conv2d(x, g.view(1, 1, 1, size).expand(c, 1, 1, size), padding=(0, size // 2), groups=c)
-    return F.conv2d(x, g.view(1, 1, size, 1).expand(c, 1, size, 1), padding=(size // 2, 0), groups=c)
 
 
 def ssim(a: Tensor, b: Tensor) -> Tensor:
-    """Mean SSIM of two images ``[C,H,W]`` (or ``[B,C,H,W]``), 11×11 Gaussian window, σ 1.5."""
+    """Mean SSIM of two images ``[C,H,W]`` (or ``[B,C,H,W]``) in [0,1], 11×11 Gaussian window, σ 1.5, zero padding."""
     if a.dim() == 3:
         a, b = a[None], b[None]
-    mu_a, mu_b = _blur(a), _blur(b)
-    var_a = _blur(a * a) - mu_a**2
-    var_b = _blur(b * b) - mu_b**2
-    cov = _blur(a * b) - mu_a * mu_b
-    num = (2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)
-    den = (mu_a**2 + mu_b**2 + SSIM_C1) * (var_a + var_b + SSIM_C2)
-    return (num / den).mean()
+    return ssim_images_map(a, b, 1.0, pad=True).mean()
 
 
 def photometric(render: Tensor, target: Tensor, lambda_dssim: float = 0.2) -> Tensor:
