@@ -221,3 +221,95 @@ def test_resume_continues_a_stopped_stage(clips, tmp_path):
     assert log["stages"]["face"]["reached"] == 16 and log["stages"]["fuse"]["reached"] == 4
     head = TalkingHead.load(out, device="cpu")
     assert head.audio_extractor == "mel"
+
+
+# ---------------------------------------------------------------------- lip motion
+def _lip_camera(width: int = 64):
+    from instag.render import Camera
+
+    return Camera.look_at((0.0, 0.0, 0.7), (0.0, 0.0, 0.0), focal=2.0 * width, width=width, height=width)
+
+
+def test_lip_motion_loss_is_zero_for_matching_motion_and_pulls_toward_the_flow():
+    cam = _lip_camera()
+    g = torch.Generator().manual_seed(0)
+    anchor = torch.rand(6, 3, generator=g) * 0.04 - 0.02
+    canonical = anchor.repeat(3, 1)  # exactly on the landmarks: each point takes its own landmark's flow
+    flow = torch.randn(6, 2, generator=g) * 2.0
+    # the motion whose projection is exactly the interpolated flow: move each point in the image plane
+    target = L.project(canonical, cam) + flow.repeat(3, 1)
+    w2c = cam.world_to_camera
+    z = (canonical @ w2c[:3, :3].T + w2c[:3, 3])[:, 2:3]
+    pc = torch.cat([(target[:, :1] - cam.cx) / cam.fx * z, (target[:, 1:] - cam.cy) / cam.fy * z, z], dim=1)
+    moved = (pc - w2c[:3, 3]) @ w2c[:3, :3]  # back to the head frame at the same depth
+    radius = 0.002
+    exact = L.lip_motion_loss(canonical, moved, cam, anchor, flow, radius)
+    still = L.lip_motion_loss(canonical, canonical.clone(), cam, anchor, flow, radius)
+    assert float(exact) < 1e-3 < float(still)
+    # gradient descent on the offsets lowers the loss
+    delta = torch.zeros(18, 3, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=1e-4)
+    for _ in range(100):
+        loss = L.lip_motion_loss(canonical, canonical + delta, cam, anchor, flow, radius)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.5 * float(still)
+    # Gaussians far from every landmark: zero loss that still back-propagates
+    far = canonical + 1.0
+    moved_far = far.clone().requires_grad_(True)
+    zero = L.lip_motion_loss(far, moved_far, cam, anchor, flow, radius)
+    zero.backward()
+    assert float(zero) == 0.0 and moved_far.grad is not None
+
+
+def test_lip_flow_recovers_the_non_rigid_lip_motion(tmp_path):
+    from types import SimpleNamespace
+
+    from instag.data.dataset import _lip_flow
+    from instag.data.format import DatasetLayout
+    from instag.metrics.lips import LIP_INDICES
+
+    layout = DatasetLayout.of(tmp_path)
+    g = torch.Generator().manual_seed(1)
+    shape = torch.rand(478, 3, generator=g) * 0.1 - 0.05
+    torch.save({"shape": shape}, layout.track_params)
+    idx = list(LIP_INDICES)
+    n, native = 5, 128
+    frames, motion = [], torch.randn(n, len(idx), 2, generator=g)
+    motion -= motion.mean(0)
+    lms = np.zeros((n, 478, 3), np.float32)
+    for k in range(n):
+        cam = _lip_camera(native)
+        yaw = 0.1 * k  # a different head pose per frame: the rigid part must not show up as flow
+        rot = torch.tensor([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]], dtype=torch.float32)
+        w2c = cam.world_to_camera.clone()
+        w2c[:3, :3] = w2c[:3, :3] @ rot
+        cam.world_to_camera = w2c
+        uv = L.project(shape, cam)
+        uv[idx] += motion[k]
+        lms[k, :, :2] = uv.numpy()
+        frames.append(SimpleNamespace(index=k, camera=cam.scaled(0.5)))
+    np.save(layout.landmarks, lms)
+    anchor, flow = _lip_flow(layout, frames, (64, 64), (native, native))
+    assert anchor.shape == (len(idx), 3) and flow.shape == (n, len(idx), 2)
+    np.testing.assert_allclose(flow, motion.numpy() * 0.5, atol=1e-3)
+
+
+def test_audio_vector_varies_with_the_audio_and_is_standardised():
+    from instag.model.audio_encoder import AudioEncoder
+
+    torch.manual_seed(0)
+    enc = AudioEncoder((80, 16))
+    windows = torch.randn(64, 8, 80, 16)
+    out = enc(windows)  # training mode: the first batch sets the running statistics
+    assert out.std(0).mean() > 0.5 and out.mean(0).abs().max() < 1e-3
+    enc.eval()
+    frozen = enc.norm.mean.clone()
+    again = enc(windows * 2.0)
+    assert torch.equal(enc.norm.mean, frozen)  # evaluation never moves the statistics
+    assert again.std(0).mean() > out.std(0).mean()
+    enc.train()
+    for _ in range(3):
+        enc(torch.randn(1, 8, 80, 16))  # batch size 1 updates without NaN
+    assert torch.isfinite(enc.norm.var).all() and int(enc.norm.count) == 4

@@ -25,7 +25,7 @@ import torch
 from instag.data.cameras import FrameCamera, load_cameras
 from instag.data.format import PARSING_BGR, DatasetLayout
 from instag.errors import InstagError
-from instag.io.safe_load import load_npy
+from instag.io.safe_load import load_npy, load_torch
 
 FACE, HAIR, MOUTH = 1, 2, 4
 AU_EXP_COLUMNS = ("AU01_r", "AU04_r", "AU05_r", "AU06_r", "AU07_r", "AU45_r")
@@ -113,6 +113,8 @@ class Clip:
     sapiens: bool = False
     stats: dict = field(default_factory=dict)
     mouth_px: np.ndarray | None = None  # [n] inner-lip polygon area in px at native size (≈ mouth-mask pixels)
+    lip_anchor: np.ndarray | None = None  # [40,3] the tracked lip landmarks in the head frame (head units)
+    lip_flow: np.ndarray | None = None  # [n,40,2] non-rigid lip motion per frame, px at training size (see _lip_flow)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -171,6 +173,46 @@ def _lip_targets(layout: DatasetLayout, indices: list[int]) -> tuple[np.ndarray,
     return target, valid
 
 
+def _lip_flow(layout: DatasetLayout, frames: list, size: tuple[int, int], native: tuple[int, int]):
+    """Non-rigid lip motion: ``(anchor [40,3], flow [n,40,2])`` or ``(None, None)`` without tracking.
+
+    ``anchor`` holds the 40 lip points of the tracked landmark shape (head frame). Per frame, the
+    observed MediaPipe lip landmarks minus the anchor projected through that frame's camera is the
+    lip motion that the head pose does not explain; the clip's mean is removed, so the canonical
+    lips sit at the mean lip shape. Pixels at the training size; frames whose landmarks are not
+    finite get zero flow (and are marked invalid in ``lip_valid``).
+    """
+    from instag.metrics.lips import LIP_INDICES
+
+    if not (layout.track_params.exists() and layout.landmarks.exists()):
+        return None, None
+    params = load_torch(layout.track_params, "re-run the tracking step (instag process --task tracking)")
+    shape = params.get("shape") if isinstance(params, dict) else None
+    if shape is None or tuple(shape.shape) != (478, 3):
+        return None, None
+    idx = list(LIP_INDICES)
+    anchor = shape.detach().cpu().numpy().astype(np.float64)[idx]
+    lm = load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)", mmap_mode="r")
+    scale = np.array([size[1] / native[1], size[0] / native[0]])
+    flow = np.zeros((len(frames), len(idx), 2))
+    ok = np.zeros(len(frames), bool)
+    for k, f in enumerate(frames):
+        if f.index >= len(lm):
+            continue
+        obs = np.asarray(lm[f.index][idx, :2], np.float64) * scale
+        cam = f.camera
+        w2c = cam.world_to_camera.detach().cpu().numpy().astype(np.float64)
+        pc = anchor @ w2c[:3, :3].T + w2c[:3, 3]
+        if not np.isfinite(obs).all() or (pc[:, 2] <= 1e-6).any():
+            continue
+        uv = pc[:, :2] / pc[:, 2:3] * np.array([cam.fx, cam.fy]) + np.array([cam.cx, cam.cy])
+        flow[k] = obs - uv
+        ok[k] = True
+    if ok.any():
+        flow[ok] -= flow[ok].mean(0)
+    return anchor.astype(np.float32), flow.astype(np.float32)
+
+
 def load_clip(
     root: str | Path,
     split: str,
@@ -213,6 +255,7 @@ def load_clip(
     p95 = float(np.percentile(au25, 95)) if len(au25) else 0.0
     au25 = np.clip(au25, 0, max(p95, 1e-6))
     lip_target, lip_valid = _lip_targets(layout, indices)
+    lip_anchor, lip_flow = _lip_flow(layout, frames, size, native)
     depth_dir = normal_dir = None
     sapiens = False
     if with_priors:
@@ -227,7 +270,7 @@ def load_clip(
     }
     return Clip(
         layout, split, frames, size, native, feats, au_exp, blink, au25, opening, rects, lip_target, lip_valid,
-        au is not None, depth_dir, normal_dir, sapiens, stats, inner_lip_area(lms),
+        au is not None, depth_dir, normal_dir, sapiens, stats, inner_lip_area(lms), lip_anchor, lip_flow,
     )
 
 
@@ -292,7 +335,8 @@ class FrameDataset(torch.utils.data.Dataset):
 
     A sample is a dict: clip, pos, index (ints); image, background uint8 ``[3,H,W]`` (RGB);
     masks uint8 ``[H,W]`` (FACE|HAIR|MOUTH bits); audio float32 ``[8,C,W]``; au float32 ``[6]``;
-    lips_rect int64 ``[4]``; lip_target float32 ``[80]``, lip_valid bool; and with priors
+    lips_rect int64 ``[4]``; lip_target float32 ``[80]``, lip_valid bool; lip_flow float32 ``[40,2]`` when
+    the clip is tracked; and with priors
     depth float32 ``[1,H,W]``, normal float32 ``[3,H,W]`` (camera space, OpenCV axes; 0 = none).
     """
 
@@ -378,6 +422,8 @@ class FrameDataset(torch.utils.data.Dataset):
             lip_target=torch.from_numpy(clip.lip_target[pos]),
             lip_valid=bool(clip.lip_valid[pos]),
         )
+        if clip.lip_flow is not None:
+            sample["lip_flow"] = torch.from_numpy(clip.lip_flow[pos])
         return sample
 
 
@@ -408,6 +454,8 @@ def merge_clips(a: Clip, b: Clip) -> Clip:
         cat([a.lips_rect, b.lips_rect]), cat([a.lip_target, b.lip_target]), cat([a.lip_valid, b.lip_valid]),
         a.has_au, a.depth_dir, a.normal_dir, a.sapiens, dict(a.stats),
         None if a.mouth_px is None or b.mouth_px is None else cat([a.mouth_px, b.mouth_px]),
+        a.lip_anchor if b.lip_flow is not None else None,
+        None if a.lip_flow is None or b.lip_flow is None else cat([a.lip_flow, b.lip_flow]),
     )
     merged.stats.update(
         open_lo=float(merged.opening.min()), open_hi=float(merged.opening.max()),

@@ -94,15 +94,60 @@ def item_net(item_shape: tuple[int, int], out_dim: int = AUDIO_DIM) -> nn.Module
     return AudioNet(channels, out_dim)
 
 
+class RunningNorm(nn.Module):
+    """Per-channel standardisation by running statistics (batch size 1 is fine).
+
+    In training mode the running mean / variance follow the (detached) inputs with ``momentum``;
+    the output is always ``(x - mean) / std`` with the running values, so gradients see a fixed
+    affine map. Without it the audio vector is dominated by a constant (the layers' biases): a
+    freshly initialised encoder varies by 0.1 % of its magnitude from frame to frame, and a
+    trained one by about 1 %, which leaves the motion fields nothing that varies to learn from.
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.01, eps: float = 1e-5):
+        super().__init__()
+        self.momentum = momentum
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            with torch.no_grad():
+                flat = x.detach().reshape(-1, x.shape[-1])
+                m = flat.mean(0)
+                v = ((flat - self.mean) ** 2).mean(0) if flat.shape[0] == 1 else flat.var(0, unbiased=False) + (m - self.mean) ** 2
+                if int(self.count) == 0:
+                    self.mean.copy_(m)
+                    self.var.copy_(flat.var(0, unbiased=False) if flat.shape[0] > 1 else torch.ones_like(m))
+                else:
+                    self.mean.lerp_(m, self.momentum)
+                    self.var.lerp_(v, self.momentum)
+                self.count += 1
+        return (x - self.mean) / torch.sqrt(self.var + self.eps)
+
+
+def init_leaky(module: nn.Module) -> None:
+    """He initialisation for the LeakyReLU stacks (variance kept through depth) and zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, a=_SLOPE, nonlinearity="leaky_relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class AudioEncoder(nn.Module):
-    """Window of items ``[B, 8, C, W]`` -> one audio vector per frame ``[B, 32]``."""
+    """Window of items ``[B, 8, C, W]`` -> one audio vector per frame ``[B, 32]``, standardised per channel."""
 
     def __init__(self, item_shape: tuple[int, int], out_dim: int = AUDIO_DIM):
         super().__init__()
         self.item_shape = (int(item_shape[0]), int(item_shape[1]))
         self.net = item_net(self.item_shape, out_dim)
         self.att = AudioAttNet(out_dim)
+        self.norm = RunningNorm(out_dim)
         self.out_dim = out_dim
+        init_leaky(self.net)
 
     def forward(self, window: Tensor) -> Tensor:
         if window.shape[-2:] != self.item_shape:
@@ -112,7 +157,7 @@ class AudioEncoder(nn.Module):
                 f"audio window items have shape {tuple(window.shape[-2:])} but the model expects {self.item_shape}; "
                 "the features come from a different audio extractor than the one the model was trained with"
             )
-        return self.att(self.net(window))
+        return self.norm(self.att(self.net(window)))
 
 
 class LipHead(nn.Module):

@@ -65,6 +65,7 @@ class AdaptConfig:
     mouth_iterations: int = field(default=0, metadata={"help": "mouth-stage iterations (0 = preset)"})
     fuse_iterations: int = field(default=0, metadata={"help": "fuse-stage iterations (0 = preset)"})
     stages: str = field(default="face,mouth,fuse", metadata={"help": "comma list of stages to run"})
+    lip_motion: float = field(default=-1.0, metadata={"help": "weight of the landmark-guided lip motion loss in the face stage (0 disables; -1 = recipe)"})
     max_side: int = field(default=-1, metadata={"help": "train at this longer image side (0 = native, -1 = preset)"})
     resume: bool = field(default=False, metadata={"help": "continue stopped stages from their last checkpoints"})
     stop_after: float = field(default=0.0, metadata={"help": "save and stop after this many seconds (0 = run to the end)"})
@@ -122,6 +123,8 @@ def adapt(cfg: AdaptConfig, log=print) -> int:
         scfg = stage_config(stage, "adapt", iters[stage], long=cfg.long)
         if stage == "face":
             scfg = scfg.replace(priors_from=scfg.priors_from if few_shot else 1 << 30)
+            if cfg.lip_motion >= 0:
+                scfg = scfg.replace(lip_motion=cfg.lip_motion)
         product = f"chkpnt_{stage}_latest"
         if stage not in stages or (cfg.resume and stage_done(out, product, scfg.iterations)):
             if stage in stages:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 STAGES = ("face", "mouth", "fuse")
 MODES = ("pretrain", "adapt")
 
+# Weight of the landmark-guided lip motion loss in the face stages (not upstream's: see losses.lip_motion_loss).
+LIP_MOTION = 0.01
+
 # Upstream iteration counts per (stage, mode); pre-training counts are global (all identities).
 UPSTREAM_ITERATIONS = {
     ("face", "pretrain"): 150_000,
@@ -81,6 +84,8 @@ class StageConfig:
     normal_prior: float = 0.01
     depth_prior: float = 0.01
     lip_aux: float = 0.0
+    lip_motion: float = 0.0  # face stage: landmark-guided lip motion (losses.lip_motion_loss)
+    lip_motion_radius: float = 0.006  # head units around the tracked lip landmarks
     # pruning
     green_prune: bool = True
     z_prune: bool = False
@@ -122,7 +127,7 @@ def stage_config(stage: str, mode: str, iterations: int | None = None, long: boo
         cfg = StageConfig(
             **common, sh_degree=2, init_num=2000, warmup=at(5000), static_warmup=True, curriculum_end=at(100_000),
             select_interval=15, densify_until=at(145_000), densify_grad_threshold=0.0005, lips_att_reg=5e-3,
-            hair_from=at(5000), lip_aux=0.1,
+            hair_from=at(5000), lip_aux=0.1, lip_motion=LIP_MOTION,
         )
     elif stage == "mouth" and mode == "pretrain":
         cfg = StageConfig(
@@ -136,7 +141,7 @@ def stage_config(stage: str, mode: str, iterations: int | None = None, long: boo
             curriculum_end=total, select_interval=10, densify_until=at(9000), densify_grad_threshold=0.0005,
             opacity_reset_interval=0 if long else at(3000), hair_from=at(3001), hair_until=at(6499),
             late_from=at(7500), priors_from=1 << 30 if long else at(5001), lips_att_reg=1e-4, z_prune=not long,
-            contrast=0.0, ema_decay=0.0,
+            contrast=0.0, ema_decay=0.0, lip_motion=LIP_MOTION,
         )
     elif stage == "mouth":
         cfg = StageConfig(

@@ -49,6 +49,7 @@ class Identity:
     seen: int = 0
     gauss_opt: torch.optim.Optimizer | None = None
     personal_opt: torch.optim.Optimizer | None = None
+    lip_anchor: Tensor | None = None  # the clip's tracked lip landmarks on the training device
 
     def __post_init__(self):
         if not self.extent:
@@ -240,7 +241,7 @@ class Trainer:
         for k in ("image", "background"):
             out[k] = sample[k].to(dev, non_blocking=True).float() / 255.0
         out["masks"] = sample["masks"].to(dev, non_blocking=True)
-        for k in ("audio", "au", "lip_target", "depth", "normal"):
+        for k in ("audio", "au", "lip_target", "lip_flow", "depth", "normal"):
             if k in sample:
                 out[k] = sample[k].to(dev, non_blocking=True).float()
         return out
@@ -325,7 +326,20 @@ class Trainer:
             lip = ((self.lip_head(face_audio)[0] - s["lip_target"]) ** 2).mean()
             loss = loss + cfg.lip_aux * lip
             parts["lip"] = lip.detach()
+        if cfg.lip_motion > 0 and not static and s["lip_valid"] and "lip_flow" in s:
+            # the universal field's own motion is what must follow the lips (a personalized residual,
+            # pre-training only, would otherwise absorb it and leave nothing to transfer)
+            d_xyz = d.motion.d_xyz[0] if d.personal is None else d.motion.d_xyz[0] - d.personal.d_xyz[0]
+            xyz = h.face.xyz.detach()
+            lm = L.lip_motion_loss(xyz, xyz + d_xyz, cam, self._lip_anchor(ident), s["lip_flow"], cfg.lip_motion_radius)
+            loss = loss + cfg.lip_motion * lm
+            parts["lip_motion"] = lm.detach()
         return loss, {"out": out, "parts": parts, "cloud": h.face}
+
+    def _lip_anchor(self, ident: Identity) -> Tensor:
+        if ident.lip_anchor is None:
+            ident.lip_anchor = torch.from_numpy(ident.clip.lip_anchor).to(self.device)
+        return ident.lip_anchor
 
     def _mouth_step(self, ident: Identity, s: dict, it: int, cam) -> tuple[Tensor, dict]:
         cfg, h = self.cfg, ident.head

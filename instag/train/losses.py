@@ -12,6 +12,7 @@ from torch import Tensor
 from instag.metrics.image import ssim_images_map
 
 GREEN = (0.0, 1.0, 0.0)
+LIP_HUBER_PX = 4.0  # lip motion loss: quadratic below 4 px (of a 512-wide frame), linear above (landmark outliers)
 
 
 def ssim(a: Tensor, b: Tensor) -> Tensor:
@@ -122,3 +123,37 @@ def point_attention_loss(att: Tensor | None, selected: Tensor) -> Tensor:
     if att is None:
         return selected.new_zeros((), dtype=torch.float32)
     return masked_mean(att, selected)
+
+
+def project(points: Tensor, camera) -> Tensor:
+    """Pixel coordinates ``[N,2]`` of world points ``[N,3]`` through ``camera`` (OpenCV axes)."""
+    w2c = camera.world_to_camera.to(points.dtype)
+    pc = points @ w2c[:3, :3].T + w2c[:3, 3]
+    z = pc[:, 2:3].clamp_min(1e-6)
+    f = pc.new_tensor([camera.fx, camera.fy])
+    c = pc.new_tensor([camera.cx, camera.cy])
+    return pc[:, :2] / z * f + c
+
+
+def lip_motion_loss(canonical: Tensor, moved: Tensor, camera, anchor: Tensor, flow: Tensor, radius: float, k: int = 4) -> Tensor:
+    """Landmark-guided lip motion: the on-screen motion of the Gaussians near the lips follows the lip landmarks.
+
+    canonical / moved ``[N,3]``: a cloud's canonical and deformed means (gradients flow through
+    ``moved``); anchor ``[L,3]``: the tracked lip landmarks (head frame); flow ``[L,2]``: this frame's
+    non-rigid lip motion in pixels (observed landmarks minus the projected anchor, clip mean
+    removed). Gaussians within ``radius`` of a landmark get the inverse-distance blend of their
+    ``k`` nearest landmarks' flow as target for their projected displacement. Huber (``LIP_HUBER_PX``)
+    in pixels of a 512-wide frame; 0 when no Gaussian is near the lips.
+    """
+    with torch.no_grad():
+        dist = torch.cdist(canonical.detach(), anchor)
+        near, idx = dist.topk(min(k, anchor.shape[0]), dim=1, largest=False)
+        sel = near[:, 0] < radius
+    if not bool(sel.any()):
+        return moved.sum() * 0.0
+    w = 1.0 / (near[sel] + 1e-3 * radius)
+    w = w / w.sum(dim=1, keepdim=True)
+    target = (flow[idx[sel]] * w[..., None]).sum(dim=1)
+    disp = project(moved[sel], camera) - project(canonical[sel].detach(), camera)
+    scale = 512.0 / float(camera.width)
+    return F.huber_loss(disp * scale, target * scale, delta=LIP_HUBER_PX)

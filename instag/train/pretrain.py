@@ -61,6 +61,7 @@ class PretrainConfig:
     warmup_per_identity: int = field(default=300, metadata={"help": "static warm-up steps each identity gets at least "
                                                                      "(capped at a third of the stage; 0 = the recipe's fraction only)"})
     lip_aux: float = field(default=-1.0, metadata={"help": "weight of the audio->lip-landmark auxiliary loss (0 disables; -1 = recipe)"})
+    lip_motion: float = field(default=-1.0, metadata={"help": "weight of the landmark-guided lip motion loss (0 disables; -1 = recipe)"})
     max_side: int = field(default=-1, metadata={"help": "train at this longer image side (0 = native, -1 = preset)"})
     resume: bool = field(default=False, metadata={"help": "continue a stopped run from its last checkpoint"})
     stop_after: float = field(default=0.0, metadata={"help": "save and stop after this many seconds (0 = run to the end)"})
@@ -117,6 +118,8 @@ def pretrain(cfg: PretrainConfig, log=print) -> int:
     stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
     iters = {"face": cfg.iterations or preset["face"], "mouth": cfg.mouth_iterations or preset["mouth"]}
     overrides = {} if cfg.lip_aux < 0 else {"lip_aux": cfg.lip_aux}
+    if cfg.lip_motion >= 0:
+        overrides["lip_motion"] = cfg.lip_motion
     meta = {"audio_extractor": cfg.audio_extractor, "item_shape": list(item_shape), "share_audio": cfg.share_audio_net,
             "preset": cfg.preset}
     gen = torch.Generator().manual_seed(cfg.seed)
