@@ -340,3 +340,18 @@ def test_choose_crop_wide_shot():
     keep = choose_crop(VideoInfo("v.mp4", 512, 512, 25.0, 100, 4.0, False, True, 48000, 2, "h264"),
                        (np.array([256.0, 256.0]), 200.0), 1.0)
     assert not keep["applied"]
+
+
+def test_detached_dark_shoulders_become_torso_but_hanging_hair_stays():
+    from instag.preprocess.parsing import HAIR, TORSO, _detached_hair_to_torso
+
+    labels = np.zeros((120, 120), np.uint8)
+    labels[5:40, 20:90] = HAIR  # hair on top of the head (above the eyes at row 40)
+    labels[40:110, 20:34] = HAIR  # long hair hanging down beside the face, attached to it
+    labels[95:120, 90:120] = HAIR  # a dark shoulder beside a low chin, not attached
+    labels[10:14, 100:110] = HAIR  # a detached strand above the eyes stays hair
+    labels[60:100, 86:88] = HAIR  # a 2-px seam joining the shoulder to nothing above
+    _detached_hair_to_torso(labels, eye_y=40, below_y=70)
+    assert (labels[40:110, 20:34] == HAIR).all() and (labels[5:40, 20:90] == HAIR).all()
+    assert (labels[95:120, 95:120] == TORSO).all()
+    assert (labels[10:14, 100:110] == HAIR).all()

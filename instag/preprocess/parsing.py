@@ -5,7 +5,7 @@ then split the person: head = the face outline (plus the ears beside it), inside
 mouth = the inner-lip ring, neck = person below the jaw within the jaw's width down to about
 half a face height under the chin (skin-coloured below the jaw's shadow), torso = the rest
 of the person below the chin and the shoulders, hair = the person above the eyes or beside
-the face. Labels are written as ``parsing/<i>.png`` with ``PARSING_BGR``.
+the face that hangs together with the hair above the eyes. Labels are written as ``parsing/<i>.png`` with ``PARSING_BGR``.
 """
 
 from __future__ import annotations
@@ -155,11 +155,30 @@ def parse_frame(person_prob: np.ndarray, landmarks: np.ndarray, bgr: np.ndarray 
                 ref = cv2.cvtColor(bgr[hy[::step], hx[::step]][None], cv2.COLOR_BGR2YCrCb)[0]
                 keep = _similar_within(low, bgr, ref)
             labels[low & ~keep] = TORSO
+    _detached_hair_to_torso(labels, eye_y, mouth_y)
     ears = person & (ys > eye_y) & (ys < nose_y + 0.1 * face_h) & (xs > x_min - 0.07 * face_w) & (xs < x_max + 0.07 * face_w)
     labels[ears & ~neck] = HEAD
     labels[face] = HEAD
     labels[mouth] = MOUTH
     return labels
+
+
+def _detached_hair_to_torso(labels: np.ndarray, eye_y: float, below_y: float, bridge: int = 9) -> None:
+    """Hair below ``below_y`` (the mouth) that does not hang together with the hair above the eyes is
+    torso: a dark suit or shoulder beside a low chin looks like dark hair, but real hair beside the
+    face hangs from the hair on top of the head. Connectivity is judged after an opening of
+    ``bridge`` px, so a thin seam along the jaw does not join the shoulders to the hair."""
+    hair = (labels == HAIR).astype(np.uint8)
+    if not hair.any():
+        return
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (bridge, bridge))
+    core = cv2.erode(hair, kernel)
+    _, comp = cv2.connectedComponents(core, connectivity=8)
+    top = comp[: max(0, int(eye_y))]
+    attached = np.isin(comp, np.unique(top[top > 0])) & (comp > 0)
+    keep = cv2.dilate(attached.astype(np.uint8), kernel, iterations=2).astype(bool)
+    rows = np.arange(labels.shape[0])[:, None] > below_y
+    labels[(hair > 0) & ~keep & rows] = TORSO
 
 
 def colorize(labels: np.ndarray) -> np.ndarray:
