@@ -226,3 +226,17 @@ def test_no_load_call_can_unpickle_code():
             if owner == "jit" and name == "load" and path.name != "sapiens.py":
                 bad.append(f"{where} torch.jit.load outside the optional Sapiens runner")
     assert not bad, "\n".join(bad)
+
+
+def test_a_model_from_an_older_layout_is_refused_with_a_clear_message(tmp_path):
+    """A fused checkpoint whose tensors do not match this version's modules: InstagError, not a traceback."""
+    from instag.model.talking_head import TalkingHead
+
+    head = TalkingHead.create("mel", (80, 16), face_init=20, mouth_init=20)
+    path = head.save(tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v for k, v in load_file(str(path)).items() if ".audio.norm." not in k}
+    save_file(tensors, str(path))
+    with pytest.raises(InstagError, match="does not fit this version"):
+        TalkingHead.load(tmp_path, device="cpu")

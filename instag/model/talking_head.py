@@ -309,7 +309,13 @@ class TalkingHead(nn.Module):
         tensors, meta = load_tensors(path)
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise InstagError(f"{path} is not an instag talking-head checkpoint (format {meta.get('format')!r})")
-        head = cls.from_state(tensors, meta)
+        try:
+            head = cls.from_state(tensors, meta)
+        except (RuntimeError, KeyError) as err:
+            raise InstagError(
+                f"{path} does not fit this version's model ({' '.join(str(err).split())[:200]}); re-run adaptation "
+                f"(bash scripts/train_xx_few.sh <data> {model_dir} 0)"
+            ) from err
         dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return head.to(dev).eval()
 
