@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+", help="output/<ID> or label=output/<ID>")
     ap.add_argument("--pretrain", default=None, help="pre-training output folder (its pretrain_log.json)")
     ap.add_argument("--device", default="", help="the machine the runs were measured on (recorded in the JSON)")
+    ap.add_argument("--note", action="append", default=[], help="a line on how the runs were made (repeatable)")
     ap.add_argument("--out", default=str(RESULTS / "training.json"))
     args = ap.parse_args(argv)
     try:
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.runs:
             label, _, path = spec.rpartition("=")
             rows.append(run_row(label or Path(path).name, Path(path)))
-        result: dict = {"device": args.device, "runs": rows}
+        result: dict = {"device": args.device, "notes": args.note, "runs": rows}
         print(table(rows, ["run", "frames", "face_s", "mouth_s", "fuse_s", "adapt_s"]))
         print()
         print(table(rows, ["run"] + [f"{w}_{k}" for w in ("ours", "static") for k in METRICS]))
