@@ -155,11 +155,11 @@ def parse_frame(person_prob: np.ndarray, landmarks: np.ndarray, bgr: np.ndarray 
                 ref = cv2.cvtColor(bgr[hy[::step], hx[::step]][None], cv2.COLOR_BGR2YCrCb)[0]
                 keep = _similar_within(low, bgr, ref)
             labels[low & ~keep] = TORSO
-    _detached_hair_to_torso(labels, eye_y, mouth_y)
     ears = person & (ys > eye_y) & (ys < nose_y + 0.1 * face_h) & (xs > x_min - 0.07 * face_w) & (xs < x_max + 0.07 * face_w)
     labels[ears & ~neck] = HEAD
     labels[face] = HEAD
     labels[mouth] = MOUTH
+    _detached_hair_to_torso(labels, eye_y, mouth_y)  # on the final map: before this, hair runs under the face
     return labels
 
 
