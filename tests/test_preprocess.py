@@ -355,3 +355,29 @@ def test_detached_dark_shoulders_become_torso_but_hanging_hair_stays():
     assert (labels[40:110, 20:34] == HAIR).all() and (labels[5:40, 20:90] == HAIR).all()
     assert (labels[95:120, 95:120] == TORSO).all()
     assert (labels[10:14, 100:110] == HAIR).all()
+
+
+def test_parsing_labels_a_dark_suit_beside_a_low_chin_as_torso():
+    """Real frame (dfrf_cnn2_25fps, frame 1518): the suit's shoulders reach above the chin beside the face and look
+    like dark hair; they must be torso (the torso layer then keeps them), while the hair on the head stays hair."""
+    from instag.preprocess.landmarks import FaceMeshDetector
+    from instag.preprocess.parsing import HAIR, TORSO, PersonSegmenter, parse_frame
+
+    video = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video" / "dfrf_cnn2_25fps.mp4"
+    if not video.exists():
+        pytest.skip(f"{video} absent (../shared/data not beside the checkout)")
+    cap = cv2.VideoCapture(str(video))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 1518)
+    ok, bgr = cap.read()
+    cap.release()
+    assert ok and bgr.shape[:2] == (512, 512)
+    with FaceMeshDetector() as det:
+        lm = det.detect(bgr)
+    seg = PersonSegmenter()
+    try:
+        labels = parse_frame(seg(bgr), lm, bgr)
+    finally:
+        seg.close()
+    shoulders = labels[415:440, 60:170]  # dark suit left of the neck, above the chin (y ≈ 447)
+    assert (shoulders == TORSO).mean() > 0.8 and (shoulders == HAIR).mean() < 0.05
+    assert (labels[40:120, 200:320] == HAIR).mean() > 0.8  # the hair on top of the head
