@@ -381,3 +381,14 @@ def test_parsing_labels_a_dark_suit_beside_a_low_chin_as_torso():
     shoulders = labels[415:440, 60:170]  # dark suit left of the neck, above the chin (y ≈ 447)
     assert (shoulders == TORSO).mean() > 0.8 and (shoulders == HAIR).mean() < 0.05
     assert (labels[40:120, 200:320] == HAIR).mean() > 0.8  # the hair on top of the head
+
+
+def test_a_moved_processed_folder_is_still_the_same_video(tmp_path):
+    from instag.preprocess.pipeline import same_video
+
+    facts = {"width": 512, "height": 512, "fps": 25.0, "num_frames": 500, "duration": 20.0, "codec": "h264"}
+    new = {"path": str(tmp_path / "b" / "clip.mp4"), **facts}
+    assert same_video({"path": "/elsewhere/a/clip.mp4", **facts}, new, tmp_path / "b" / "clip.mp4")
+    assert not same_video({"path": "/elsewhere/a/clip.mp4", **facts, "num_frames": 499}, new, tmp_path / "b" / "clip.mp4")
+    assert not same_video({"path": "/elsewhere/a/other.mp4", **facts}, new, tmp_path / "b" / "clip.mp4")
+    assert same_video({"path": str(tmp_path / "b" / "clip.mp4")}, new, tmp_path / "b" / "clip.mp4")

@@ -342,6 +342,16 @@ def _positional(argv: list[str] | None) -> list[str]:
     return args
 
 
+def same_video(recorded: dict, current: dict, source: Path) -> bool:
+    """Whether ``meta.json``'s recorded source is the video being processed: the same path, or, for a processed
+    folder that was moved or copied, the same file name with the same size, rate, length and streams."""
+    old_path = Path(recorded.get("path", ""))
+    if old_path.resolve() == source.resolve():
+        return True
+    facts = [k for k in current if k != "path"]
+    return old_path.name == source.name and bool(facts) and all(recorded.get(k) == current[k] for k in facts)
+
+
 def run(cfg: ProcessConfig) -> dict:
     """Run the pipeline for ``cfg``; return the meta record."""
     from instag.io.video import probe
@@ -357,8 +367,9 @@ def run(cfg: ProcessConfig) -> dict:
     meta.setdefault("source", info.as_dict())
     meta.setdefault("steps", {})
     meta["notes"] = []
-    if Path(meta["source"].get("path", "")).resolve() != source.resolve():
+    if not same_video(meta["source"], info.as_dict(), source):
         meta = {"source": info.as_dict(), "steps": {}, "notes": []}
+    meta["source"]["path"] = info.as_dict().get("path", str(source))  # a moved folder keeps its steps
     ctx = Context(cfg, layout, info, meta)
     selected = [find_step(cfg.task)] if cfg.task.strip() != "-1" else STEPS
     try:
