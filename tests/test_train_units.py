@@ -237,7 +237,7 @@ def test_lip_motion_loss_is_zero_for_matching_motion_and_pulls_toward_the_flow()
     canonical = anchor.repeat(3, 1)  # exactly on the landmarks: each point takes its own landmark's flow
     flow = torch.randn(6, 2, generator=g) * 2.0
     # the motion whose projection is exactly the interpolated flow: move each point in the image plane
-    target = L.project(canonical, cam) + flow.repeat(3, 1)
+    target = cam.project(canonical) + flow.repeat(3, 1)
     w2c = cam.world_to_camera
     z = (canonical @ w2c[:3, :3].T + w2c[:3, 3])[:, 2:3]
     pc = torch.cat([(target[:, :1] - cam.cx) / cam.fx * z, (target[:, 1:] - cam.cy) / cam.fy * z, z], dim=1)
@@ -286,12 +286,13 @@ def test_lip_flow_recovers_the_non_rigid_lip_motion(tmp_path):
         w2c = cam.world_to_camera.clone()
         w2c[:3, :3] = w2c[:3, :3] @ rot
         cam.world_to_camera = w2c
-        uv = L.project(shape, cam)
+        uv = cam.project(shape)
         uv[idx] += motion[k]
         lms[k, :, :2] = uv.numpy()
         frames.append(SimpleNamespace(index=k, camera=cam.scaled(0.5)))
     np.save(layout.landmarks, lms)
-    anchor, flow = _lip_flow(layout, frames, (64, 64), (native, native))
+    anchor, flow, ok = _lip_flow(layout, frames, (64, 64), (native, native))
+    assert ok.all()
     assert anchor.shape == (len(idx), 3) and flow.shape == (n, len(idx), 2)
     np.testing.assert_allclose(flow, motion.numpy() * 0.5, atol=1e-3)
 

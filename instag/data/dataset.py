@@ -174,24 +174,24 @@ def _lip_targets(layout: DatasetLayout, indices: list[int]) -> tuple[np.ndarray,
 
 
 def _lip_flow(layout: DatasetLayout, frames: list, size: tuple[int, int], native: tuple[int, int]):
-    """Non-rigid lip motion: ``(anchor [40,3], flow [n,40,2])`` or ``(None, None)`` without tracking.
+    """Non-rigid lip motion: ``(anchor [40,3], flow [n,40,2], ok [n])`` or ``(None, None, None)`` without tracking.
 
     ``anchor`` holds the 40 lip points of the tracked landmark shape (head frame). Per frame, the
     observed MediaPipe lip landmarks minus the anchor projected through that frame's camera is the
     lip motion that the head pose does not explain; the clip's mean is removed, so the canonical
-    lips sit at the mean lip shape. Pixels at the training size; frames whose landmarks are not
-    finite get zero flow (and are marked invalid in ``lip_valid``).
+    lips sit at the mean lip shape. Pixels at the training size; frames without finite landmarks
+    get zero flow and ``ok`` False.
     """
     from instag.metrics.lips import LIP_INDICES
 
     if not (layout.track_params.exists() and layout.landmarks.exists()):
-        return None, None
+        return None, None, None
     params = load_torch(layout.track_params, "re-run the tracking step (instag process --task tracking)")
     shape = params.get("shape") if isinstance(params, dict) else None
     if shape is None or tuple(shape.shape) != (478, 3):
-        return None, None
+        return None, None, None
     idx = list(LIP_INDICES)
-    anchor = shape.detach().cpu().numpy().astype(np.float64)[idx]
+    anchor = shape.detach().cpu().to(torch.float64)[idx]
     lm = load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)", mmap_mode="r")
     scale = np.array([size[1] / native[1], size[0] / native[0]])
     flow = np.zeros((len(frames), len(idx), 2))
@@ -200,17 +200,13 @@ def _lip_flow(layout: DatasetLayout, frames: list, size: tuple[int, int], native
         if f.index >= len(lm):
             continue
         obs = np.asarray(lm[f.index][idx, :2], np.float64) * scale
-        cam = f.camera
-        w2c = cam.world_to_camera.detach().cpu().numpy().astype(np.float64)
-        pc = anchor @ w2c[:3, :3].T + w2c[:3, 3]
-        if not np.isfinite(obs).all() or (pc[:, 2] <= 1e-6).any():
+        if not np.isfinite(obs).all():
             continue
-        uv = pc[:, :2] / pc[:, 2:3] * np.array([cam.fx, cam.fy]) + np.array([cam.cx, cam.cy])
-        flow[k] = obs - uv
+        flow[k] = obs - f.camera.project(anchor).numpy()
         ok[k] = True
     if ok.any():
         flow[ok] -= flow[ok].mean(0)
-    return anchor.astype(np.float32), flow.astype(np.float32)
+    return anchor.numpy().astype(np.float32), flow.astype(np.float32), ok
 
 
 def load_clip(
@@ -255,7 +251,9 @@ def load_clip(
     p95 = float(np.percentile(au25, 95)) if len(au25) else 0.0
     au25 = np.clip(au25, 0, max(p95, 1e-6))
     lip_target, lip_valid = _lip_targets(layout, indices)
-    lip_anchor, lip_flow = _lip_flow(layout, frames, size, native)
+    lip_anchor, lip_flow, flow_ok = _lip_flow(layout, frames, size, native)
+    if flow_ok is not None:
+        lip_valid &= flow_ok
     depth_dir = normal_dir = None
     sapiens = False
     if with_priors:

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 import torch
 
+from instag.audio.registry import EXTRACTORS as AUDIO_EXTRACTORS
 from instag.config import parse
 from instag.data.format import FPS, DatasetLayout
 from instag.errors import InstagError
@@ -52,7 +53,7 @@ class SynthesizeConfig:
     audio: str = field(metadata={"help": "driving speech: a .wav, or a feature .npy made by the model's extractor"})
     audio_extractor: str | None = field(default=None, metadata={
         "help": "extractor of the features (default: the one recorded in the model; a mismatch is refused)",
-        "choices": ("mel", "deepspeech", "esperanto", "hubert", "ave")})
+        "choices": tuple(AUDIO_EXTRACTORS)})
     output: str | None = field(default=None, metadata={"help": "output mp4 (default output/<ID>/inference/<audio name>.mp4)"})
     dilate: bool = field(default=False, metadata={"help": "dilate the mouth alpha 13x13 before compositing (recommended)"})
     full_frame: bool = field(default=False, metadata={"help": "paste the render back into the source video's framing (crop.json)"})

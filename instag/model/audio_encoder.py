@@ -117,7 +117,7 @@ class RunningNorm(nn.Module):
             with torch.no_grad():
                 flat = x.detach().reshape(-1, x.shape[-1])
                 m = flat.mean(0)
-                v = ((flat - self.mean) ** 2).mean(0) if flat.shape[0] == 1 else flat.var(0, unbiased=False) + (m - self.mean) ** 2
+                v = ((flat - self.mean) ** 2).mean(0)  # spread about the running mean
                 if int(self.count) == 0:
                     self.mean.copy_(m)
                     self.var.copy_(flat.var(0, unbiased=False) if flat.shape[0] > 1 else torch.ones_like(m))

@@ -39,12 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
+from instag.audio.registry import EXTRACTORS as AUDIO_EXTRACTORS
 from instag.config import parse
 from instag.data.format import AUDIO_SAMPLE_RATE, DatasetLayout
 from instag.errors import InstagError
 from instag.io.atomic import remove_stale_temporaries, write_json
 
-EXTRACTOR_CHOICES = ("mel", "deepspeech", "esperanto", "hubert", "ave")
+EXTRACTOR_CHOICES = tuple(AUDIO_EXTRACTORS)
 
 
 @dataclass

@@ -76,6 +76,14 @@ class Camera:
         w2c[:3, 3] = -(w2c[:3, :3] @ eye_t)
         return cls(w2c, focal, focal, width / 2, height / 2, width, height, near, far)
 
+    def project(self, points: Tensor) -> Tensor:
+        """Pixel coordinates ``[N,2]`` (x = column, y = row) of world points ``[N,3]``; differentiable."""
+        w2c = self.world_to_camera.to(points.device, points.dtype)
+        pc = points @ w2c[:3, :3].T + w2c[:3, 3]
+        f = pc.new_tensor([self.fx, self.fy])
+        c = pc.new_tensor([self.cx, self.cy])
+        return pc[:, :2] / pc[:, 2:3].clamp_min(1e-6) * f + c
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Camera:
         """Copy with ``world_to_camera`` moved to ``device`` / cast to ``dtype``."""
         return replace(self, world_to_camera=self.world_to_camera.to(device=device, dtype=dtype))

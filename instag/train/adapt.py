@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from instag.audio.registry import EXTRACTORS as AUDIO_EXTRACTORS
 from instag.config import parse
 from instag.data.dataset import load_clip, merge_clips
 from instag.errors import InstagError
@@ -40,7 +41,7 @@ from instag.train.run import (
     stage_done,
 )
 
-EXTRACTORS = ("mel", "deepspeech", "esperanto", "hubert", "ave")
+EXTRACTORS = tuple(AUDIO_EXTRACTORS)
 PRESETS = {
     "upstream": {"face": 10_000, "mouth": 10_000, "fuse": 2_000, "max_side": 0, "face_init": 2000, "mouth_init": 5000},
     "default": {"face": 2_000, "mouth": 1_500, "fuse": 500, "max_side": 0, "face_init": 2000, "mouth_init": 5000},

@@ -125,16 +125,6 @@ def point_attention_loss(att: Tensor | None, selected: Tensor) -> Tensor:
     return masked_mean(att, selected)
 
 
-def project(points: Tensor, camera) -> Tensor:
-    """Pixel coordinates ``[N,2]`` of world points ``[N,3]`` through ``camera`` (OpenCV axes)."""
-    w2c = camera.world_to_camera.to(points.dtype)
-    pc = points @ w2c[:3, :3].T + w2c[:3, 3]
-    z = pc[:, 2:3].clamp_min(1e-6)
-    f = pc.new_tensor([camera.fx, camera.fy])
-    c = pc.new_tensor([camera.cx, camera.cy])
-    return pc[:, :2] / z * f + c
-
-
 def lip_motion_loss(canonical: Tensor, moved: Tensor, camera, anchor: Tensor, flow: Tensor, radius: float, k: int = 4) -> Tensor:
     """Landmark-guided lip motion: the on-screen motion of the Gaussians near the lips follows the lip landmarks.
 
@@ -154,6 +144,6 @@ def lip_motion_loss(canonical: Tensor, moved: Tensor, camera, anchor: Tensor, fl
     w = 1.0 / (near[sel] + 1e-3 * radius)
     w = w / w.sum(dim=1, keepdim=True)
     target = (flow[idx[sel]] * w[..., None]).sum(dim=1)
-    disp = project(moved[sel], camera) - project(canonical[sel].detach(), camera)
+    disp = camera.project(moved[sel]) - camera.project(canonical[sel].detach())
     scale = 512.0 / float(camera.width)
     return F.huber_loss(disp * scale, target * scale, delta=LIP_HUBER_PX)

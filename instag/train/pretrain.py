@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from instag.audio.registry import EXTRACTORS as AUDIO_EXTRACTORS
 from instag.config import parse
 from instag.data.dataset import load_clip, merge_clips
 from instag.data.format import DatasetLayout
@@ -36,7 +37,7 @@ from instag.train.run import (
     stage_done,
 )
 
-EXTRACTORS = ("mel", "deepspeech", "esperanto", "hubert", "ave")
+EXTRACTORS = tuple(AUDIO_EXTRACTORS)
 PRESETS = {
     # iterations are global (over all identities)
     "upstream": {"face": 150_000, "mouth": 150_000, "max_side": 0, "face_init": 2000, "mouth_init": 5000},
