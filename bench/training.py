@@ -6,7 +6,8 @@ A RUN is ``output/<ID>`` (after ``instag adapt`` and ``instag evaluate``) or ``l
 come from the ``adapt_log.json`` / ``pretrain_log.json`` that training writes (seconds per stage, measured
 around the stage's loop); the metrics from ``test/ours_None/metrics.json`` that ``instag evaluate`` writes
 (PSNR, SSIM, mouth LMD, mouth-opening correlation, for the model and for the same model driven by the clip's
-quietest audio frame). Nothing is re-measured here: the table gathers what the real commands recorded, so it
+quietest audio frame), and, when ``instag evaluate --split train --N_views N`` was run too, the same figures on
+the frames the model was trained on (``train/ours_None/metrics.json``: does the model fit the mouth at all?). Nothing is re-measured here: the table gathers what the real commands recorded, so it
 can be rebuilt on a machine without a GPU from results fetched from one.
 """
 
@@ -49,6 +50,11 @@ def run_row(label: str, model_dir: Path) -> dict:
         for who in ("ours", "static"):
             for k in METRICS:
                 row[f"{who}_{k}"] = m.get(who, {}).get(k)
+    fitted = model_dir / "train" / "ours_None" / "metrics.json"
+    if fitted.exists():
+        m = _read(fitted).get("ours", {})
+        for k in METRICS:
+            row[f"train_{k}"] = m.get(k)
     return row
 
 
@@ -81,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         print(table(rows, ["run", "frames", "face_s", "mouth_s", "fuse_s", "adapt_s"]))
         print()
         print(table(rows, ["run"] + [f"{w}_{k}" for w in ("ours", "static") for k in METRICS]))
+        if any("train_psnr" in r for r in rows):
+            print()
+            print(table([r for r in rows if "train_psnr" in r], ["run"] + [f"train_{k}" for k in METRICS]))
         if args.pretrain:
             result["pretrain"] = pretrain_row(Path(args.pretrain))
             print()

@@ -26,6 +26,14 @@ def test_training_report_gathers_times_and_metrics(tmp_path):
     assert "mine" in proc.stdout and "ours_mouth_corr" in proc.stdout
     row = json.loads(out.read_text())["runs"][0]
     assert row["adapt_s"] == 3.0 and row["ours_mouth_corr"] == 0.4 and row["static_psnr"] == 24.0
+    assert "train_psnr" not in row
+    # with a training-split evaluation (instag evaluate --split train) its figures join the row
+    (run / "train" / "ours_None").mkdir(parents=True)
+    (run / "train" / "ours_None" / "metrics.json").write_text(json.dumps({"ours": {**metrics["ours"], "mouth_corr": 0.8}}))
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "training.py"), str(run), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "train_mouth_corr" in proc.stdout
+    assert json.loads(out.read_text())["runs"][0]["train_mouth_corr"] == 0.8
     missing = subprocess.run([sys.executable, str(REPO / "bench" / "training.py"), str(tmp_path / "nope"), "--out", str(out)],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr

@@ -128,6 +128,17 @@ def test_evaluate_model_writes_report(tiny):
     assert "quietest" in saved["static_audio"]
 
 
+def test_evaluate_training_split_scores_the_first_n_views(tiny, capsys):
+    from instag.cli import main
+
+    assert main(["evaluate", "-S", str(tiny["root"]), "-M", str(tiny["model"]), "--split", "train", "--N_views", "5",
+                 "--no_static", "--device", "cpu"]) == 0
+    assert "5 training frames" in capsys.readouterr().out
+    saved = json.loads((tiny["model"] / "train" / "ours_None" / "metrics.json").read_text())
+    assert saved["split"] == "train" and saved["frames"] == 5 and saved["static"] is None
+    assert math.isfinite(saved["ours"]["psnr"])
+
+
 def test_full_frame_pastes_into_source_framing(tiny, tmp_path):
     from instag.io.encode import write_video
 

@@ -214,11 +214,17 @@ def test_resume_continues_a_stopped_stage(clips, tmp_path):
     assert adapt(AdaptConfig(**common, stop_after=1e-9), log=lambda *a: None) == INCOMPLETE
     meta = json.loads((out / "train_face.json").read_text())
     assert 0 < meta["iteration"] < 16
+    first = json.loads((out / "adapt_log.json").read_text())["stages"]["face"]
     with pytest.raises(InstagError, match="deepspeech"):
         adapt(AdaptConfig(**{**common, "audio_extractor": "deepspeech"}), log=lambda *a: None)
     assert adapt(AdaptConfig(**common, resume=True), log=lambda *a: None) == 0
     log = json.loads((out / "adapt_log.json").read_text())
     assert log["stages"]["face"]["reached"] == 16 and log["stages"]["fuse"]["reached"] == 4
+    # the resumed face stage keeps the first piece on record: its time added, its loss history kept
+    face = log["stages"]["face"]
+    assert face["pieces"] == 2 and log["stages"]["mouth"]["pieces"] == 1
+    assert face["seconds"] >= first["seconds"]
+    assert face["loss_history"][: len(first["loss_history"])] == first["loss_history"]
     head = TalkingHead.load(out, device="cpu")
     assert head.audio_extractor == "mel"
 

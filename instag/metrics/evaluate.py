@@ -6,7 +6,9 @@
   the ground truth; computes every metric on the rendered frames before encoding, against
   ``gt_imgs``; writes ``output/<ID>/test/ours_None/``: ``renders/<k>.png`` and ``renders/out.mp4``
   (with the test audio), ``metrics.json``, ``side_by_side.mp4`` (ground truth | ours | static)
-  and ``mouth_opening.png``; prints a table.
+  and ``mouth_opening.png``; prints a table. ``--split train --N_views N`` scores the first N
+  training frames instead (into ``output/<ID>/train/ours_None/``): how well the model fits what it
+  saw, to tell a model that cannot fit the mouth from one that does not generalise.
 - ``instag evaluate --pred a.mp4 --gt b.mp4``: the same metrics between two videos (upstream's
   metrics.py role), frame by frame up to the shorter one.
 - ``instag evaluate --pred synth.mp4`` alone (new audio, no ground truth): mouth opening per frame
@@ -50,6 +52,8 @@ class EvaluateConfig:
         "help": "with --pred/--gt: metrics JSON to write; with -S/-M: the report folder (default output/<ID>/test/ours_None)"})
     dilate: bool = field(default=False, metadata={"help": "dilate the mouth alpha 13x13 when rendering (as in synthesis)"})
     no_static: bool = field(default=False, metadata={"help": "skip the static (silence-driven) baseline"})
+    split: str = field(default="val", metadata={"choices": ("val", "train"), "help": "with -S/-M: the split to score"})
+    N_views: int = field(default=-1, metadata={"help": "with --split train: its first N frames, as in training (-1 = all)"})
     batch: int = field(default=8, metadata={"help": "frames rendered per batch"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
 
@@ -160,9 +164,11 @@ def _device(name: str | None) -> str:
 
 
 def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: bool = False, static: bool = True,
-                   batch: int = 8, device: str | None = None, out_dir: str | Path | None = None, log=print) -> dict:
-    """Render the validation split of ``source_path`` with the model of ``model_path`` (and the
-    static baseline), compute the metrics and write renders, report and ``metrics.json``.
+                   batch: int = 8, device: str | None = None, out_dir: str | Path | None = None, split: str = "val",
+                   n_views: int = -1, log=print) -> dict:
+    """Render the ``split`` ("val", or the first ``n_views`` frames of "train") of ``source_path`` with the
+    model of ``model_path`` (and the static baseline), compute the metrics and write renders, report and
+    ``metrics.json``.
 
     Returns ``{"ours": {...}, "static": {...} | None, "notes": [...], "paths": {...}, ...}``.
     """
@@ -176,10 +182,12 @@ def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: b
     layout = DatasetLayout.of(source_path)
     model = load_model(model_path, None, device)
     dev = str(model.device)
-    clip = load_clip(layout.root, "val", model.audio_extractor)
+    if split not in ("val", "train"):
+        raise InstagError(f"split {split!r}: expected val or train")
+    clip = load_clip(layout.root, split, model.audio_extractor, n_views=n_views if split == "train" else -1)
     plan = split_plan(clip)
     items = torch.from_numpy(np.asarray(clip.features))
-    out_dir = Path(out_dir) if out_dir else Path(model_path) / "test" / "ours_None"
+    out_dir = Path(out_dir) if out_dir else Path(model_path) / ("test" if split == "val" else "train") / "ours_None"
     renders = out_dir / "renders"
     renders.mkdir(parents=True, exist_ok=True)
     cam0 = plan.cameras[0]
@@ -250,7 +258,7 @@ def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: b
         else:
             silent.replace(final)
     result = {
-        "source_path": str(layout.root), "model_path": str(model_path), "split": "val", "frames": len(plan),
+        "source_path": str(layout.root), "model_path": str(model_path), "split": split, "frames": len(plan),
         "resolution": [size[1], size[0]], "audio_extractor": model.audio_extractor, "dilate": dilate,
         "ours": ours.result(gt_landmarks, sync_model, samples, dev),
         "static": stat.result(gt_landmarks, sync_model, samples, dev) if stat is not None else None,
@@ -274,7 +282,7 @@ def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: b
     rows = {"ours": result["ours"]}
     if result["static"] is not None:
         rows["static"] = result["static"]
-    log(f"instag evaluate: {len(plan)} validation frames of {layout.root} at {size[1]}x{size[0]}\n{format_table(rows)}")
+    log(f"instag evaluate: {len(plan)} {'validation' if split == 'val' else 'training'} frames of {layout.root} at {size[1]}x{size[0]}\n{format_table(rows)}")
     for note in result["notes"]:
         log(f"  note: {note}")
     log(f"  wrote {paths['metrics']}, {paths['side_by_side']}, {paths['plot']}, {paths['video']}")
@@ -410,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (cfg.source_path and cfg.model_path):
         raise InstagError("give -S data/<ID> -M output/<ID> (a trained model), or --pred a.mp4 --gt b.mp4")
     evaluate_model(cfg.source_path, cfg.model_path, dilate=cfg.dilate, static=not cfg.no_static, batch=cfg.batch,
-                   device=cfg.device, out_dir=cfg.out)
+                   device=cfg.device, out_dir=cfg.out, split=cfg.split, n_views=cfg.N_views)
     return 0
 
 

@@ -33,12 +33,14 @@ from instag.train.config import stage_config
 from instag.train.engine import Identity
 from instag.train.run import (
     INCOMPLETE,
+    earlier_log,
     pick_device,
     pick_workers,
     remaining_seconds,
     run_stage,
     set_seed,
     stage_done,
+    stage_entry,
 )
 
 EXTRACTORS = tuple(AUDIO_EXTRACTORS)
@@ -118,6 +120,9 @@ def adapt(cfg: AdaptConfig, log=print) -> int:
     meta = {"audio_extractor": extractor, "item_shape": list(item_shape), "source_path": str(cfg.source_path),
             "N_views": cfg.N_views, "long": cfg.long, "preset": cfg.preset}
     summary: dict = {"clip": clip.name, "frames": len(clip), "stages": {}}
+    earlier = earlier_log(out / "adapt_log.json", cfg.resume)
+    if (earlier.get("clip"), earlier.get("frames")) == (clip.name, len(clip)):
+        summary["stages"] = dict(earlier.get("stages") or {})  # finished stages and earlier pieces stay on record
     head: TalkingHead | None = None
     previous = None
     for stage in STAGE_ORDER:
@@ -151,8 +156,8 @@ def adapt(cfg: AdaptConfig, log=print) -> int:
                               remaining_seconds(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet,
                               save_seconds=cfg.checkpoint_seconds)
         head = identity.head
-        summary["stages"][stage] = {"iterations": scfg.iterations, "reached": result.iteration, "seconds": round(result.seconds, 1),
-                                    "gaussians": [head.face.num_points, head.mouth.num_points], "loss_history": result.history}
+        summary["stages"][stage] = stage_entry(summary["stages"].get(stage), result, scfg.iterations,
+                                               gaussians=[head.face.num_points, head.mouth.num_points])
         write_json(out / "adapt_log.json", summary)
         if not result.complete:
             log(f"instag adapt: stopped at {stage} iteration {result.iteration}/{scfg.iterations}; continue with --resume")

@@ -29,12 +29,14 @@ from instag.train.config import stage_config
 from instag.train.engine import Identity, restore_models
 from instag.train.run import (
     INCOMPLETE,
+    earlier_log,
     pick_device,
     pick_workers,
     remaining_seconds,
     run_stage,
     set_seed,
     stage_done,
+    stage_entry,
 )
 
 EXTRACTORS = tuple(AUDIO_EXTRACTORS)
@@ -134,6 +136,9 @@ def pretrain(cfg: PretrainConfig, log=print) -> int:
         identities.append(Identity(clip, head))
     timings = {}
     summary: dict = {"identities": [c.name for c in clips], "stages": {}}
+    earlier = earlier_log(out / "pretrain_log.json", cfg.resume)
+    if earlier.get("identities") == summary["identities"]:
+        summary["stages"] = dict(earlier.get("stages") or {})  # finished stages and earlier pieces stay on record
     for stage in ("face", "mouth"):
         if stage not in stages:
             continue
@@ -160,8 +165,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> int:
                               remaining_seconds(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet,
                               save_seconds=cfg.checkpoint_seconds)
         timings[stage] = result.seconds
-        summary["stages"][stage] = {"iterations": scfg.iterations, "reached": result.iteration, "seconds": round(result.seconds, 1),
-                                    "loss_history": result.history}
+        summary["stages"][stage] = stage_entry(summary["stages"].get(stage), result, scfg.iterations)
         write_json(out / "pretrain_log.json", summary)
         if not result.complete:
             log(f"instag pretrain: stopped at {stage} iteration {result.iteration}/{scfg.iterations} after "

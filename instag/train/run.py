@@ -88,6 +88,30 @@ class StageResult:
     complete: bool
     seconds: float
     history: list[tuple[int, float]]
+    start: int = 0  # the iteration this piece resumed from (0: a fresh run)
+
+
+def earlier_log(path: Path, resume: bool) -> dict:
+    """The training log a resumed run continues (``{}`` for a fresh run or an unreadable file)."""
+    if not (resume and path.exists()):
+        return {}
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def stage_entry(previous: dict | None, result: StageResult, iterations: int, **extra) -> dict:
+    """A stage's entry in the training log. A piece resumed from a stop adds to what the earlier
+    pieces recorded: seconds summed, loss histories joined, ``pieces`` counted."""
+    seconds, history, pieces = result.seconds, list(result.history), 1
+    if result.start > 0 and previous and previous.get("iterations") == iterations:
+        seconds += float(previous.get("seconds") or 0.0)
+        history = [h for h in previous.get("loss_history", []) if h[0] <= result.start] + history
+        pieces = int(previous.get("pieces", 1)) + 1
+    return {"iterations": iterations, "reached": result.iteration, "seconds": round(seconds, 1), "pieces": pieces,
+            **extra, "loss_history": history}
 
 
 def stage_done(folder: Path, stem: str, total: int) -> bool:
@@ -156,7 +180,7 @@ def run_stage(
     done = max(1, last - start)
     print(f"instag: {cfg.mode} {cfg.stage}: {done} steps, {1000 * trainer.time_step / done:.1f} ms/step compute, "
           f"{1000 * trainer.time_data / done:.1f} ms/step waiting for data", file=sys.stderr)
-    return StageResult(last, last >= cfg.iterations, time.time() - t0, logger.history), trainer
+    return StageResult(last, last >= cfg.iterations, time.time() - t0, logger.history, start), trainer
 
 
 def remaining_seconds(stop_after: float, t_start: float) -> float | None:

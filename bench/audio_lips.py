@@ -1,0 +1,207 @@
+"""How far the audio alone predicts the mouth: the ceiling the motion fields work under.
+
+    python bench/audio_lips.py --train data/pretrain --eval data/cnn2 data/german [--seeds 0 1 2] [--steps 4000]
+
+Trains the models' own audio encoder (``AudioEncoder``) with the pre-training lip head (``LipHead``) on every frame
+of the training clips, regressing the normalised lip landmarks exactly as pre-training's ``--lip_aux`` loss does,
+then predicts each evaluation clip's validation frames (its ``transforms_val.json``, else its last 12 s) and reports
+the Pearson correlation of the predicted mouth opening (landmarks 13-14) with the observed one. Beside it: the
+correlation of the speech loudness (the audio-video offset check's envelope) with the opening, at lag 0 and at the
+best lag within +-3 frames, a baseline with nothing learned. ``--offsets`` also trains with each training clip's
+audio moved by the offset that preprocessing found (confident ones only, and only where preprocessing did not
+already shift it), to show what an uncorrected offset costs.
+
+Needs only the audio, frames, landmarks and audio-features steps of preprocessing (``instag process --task 1``, 3,
+7, 2). CPU is enough (about a minute per run of 4 000 steps on 2 cores). Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _synthetic import RESULTS, table  # noqa: E402
+
+from instag.data.format import DatasetLayout  # noqa: E402
+from instag.errors import InstagError  # noqa: E402
+from instag.io.atomic import write_json  # noqa: E402
+
+TEST_FRAMES = 300  # the protocol's last 12 s, when a clip has no validation split
+LOUDNESS_LAGS = 3
+
+
+class ClipData:
+    """One processed clip: audio items, lip targets, mouth opening, loudness and its recorded A/V offset."""
+
+    def __init__(self, root: Path, extractor: str):
+        from instag.audio.windows import load_features
+        from instag.data.dataset import _lip_targets
+        from instag.io.safe_load import load_npy
+        from instag.io.wav import read_wav, to_mono
+        from instag.metrics.lips import mouth_opening
+        from instag.preprocess.av_sync import speech_envelope
+
+        self.layout = layout = DatasetLayout.of(root)
+        self.name = layout.name
+        for path in (layout.landmarks, layout.audio_wav, layout.audio_features(extractor)):
+            if not path.exists():
+                raise InstagError(f"{path}: missing; preprocess {root} first (instag process --task 1, 3, 7, 2)")
+        lm = load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)")
+        self.num = len(lm)
+        self.items = torch.from_numpy(load_features(layout.audio_features(extractor), extractor, self.num))
+        self.target, self.valid = (torch.from_numpy(a) for a in _lip_targets(layout, list(range(self.num))))
+        self.opening = np.asarray(mouth_opening(lm), np.float64)
+        samples, _ = read_wav(layout.audio_wav)
+        self.loudness = speech_envelope(to_mono(samples), self.num)
+        step = self._audio_step()
+        self.offset = int(step.get("av_offset_frames") or 0)
+        self.confidence = float(step.get("av_offset_confidence") or 0.0)
+        self.already_fixed = "av_offset_fixed" in step
+
+    def _audio_step(self) -> dict:
+        meta = self.layout.root / "meta.json"
+        try:
+            return json.loads(meta.read_text(encoding="utf-8")).get("steps", {}).get("audio_features", {}) or {}
+        except (OSError, ValueError):
+            return {}
+
+    def shift(self, use_offsets: bool) -> int:
+        from instag.preprocess.av_sync import MIN_CONFIDENCE
+
+        if use_offsets and not self.already_fixed and abs(self.offset) > 1 and self.confidence >= MIN_CONFIDENCE:
+            return self.offset
+        return 0
+
+    def test_frames(self) -> np.ndarray:
+        path = self.layout.transforms("val")
+        if path.exists():
+            frames = json.loads(path.read_text(encoding="utf-8")).get("frames", [])
+            return np.array([int(f["img_id"]) for f in frames if int(f["img_id"]) < self.num])
+        return np.arange(max(0, self.num - TEST_FRAMES), self.num)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    if a.size < 3 or a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def loudness_baseline(clip: ClipData) -> tuple[float, float, int]:
+    """(correlation at lag 0, best correlation within +-LOUDNESS_LAGS, that lag) of loudness with opening."""
+    frames = clip.test_frames()
+    by_lag = {}
+    for lag in range(-LOUDNESS_LAGS, LOUDNESS_LAGS + 1):
+        idx = np.clip(frames + lag, 0, clip.num - 1)
+        by_lag[lag] = pearson(clip.opening[frames], clip.loudness[idx])
+    best = max(by_lag, key=by_lag.get)
+    return by_lag[0], by_lag[best], best
+
+
+def train_and_predict(train: list[ClipData], evals: list[ClipData], item_shape, steps: int, batch: int, lr: float,
+                      seed: int, use_offsets: bool) -> dict[str, float]:
+    from instag.audio.windows import frame_windows
+    from instag.metrics.lips import LIP_INDICES, LOWER_INNER_LIP, UPPER_INNER_LIP
+    from instag.model.audio_encoder import AudioEncoder, LipHead
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    pool = np.concatenate([np.stack([np.full(int(c.valid.sum()), k), np.flatnonzero(c.valid.numpy())], 1)
+                           for k, c in enumerate(train)])
+    shifts = [c.shift(use_offsets) for c in train]
+    encoder, head = AudioEncoder(item_shape), LipHead(train[0].target.shape[1])
+    opt = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=lr)
+    for _ in range(steps):
+        pick = pool[rng.integers(len(pool), size=batch)]
+        windows, targets = [], []
+        for k in np.unique(pick[:, 0]):
+            frames = torch.from_numpy(pick[pick[:, 0] == k, 1])
+            windows.append(frame_windows(train[k].items, frames + shifts[k]))
+            targets.append(train[k].target[frames])
+        loss = ((head(encoder(torch.cat(windows))) - torch.cat(targets)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    encoder.eval()
+    head.eval()
+    upper, lower = LIP_INDICES.index(UPPER_INNER_LIP), LIP_INDICES.index(LOWER_INNER_LIP)
+    out = {}
+    with torch.no_grad():
+        for clip in evals:
+            frames = clip.test_frames()
+            pred = head(encoder(frame_windows(clip.items, torch.from_numpy(frames)))).numpy().reshape(len(frames), -1, 2)
+            out[clip.name] = pearson(pred[:, lower, 1] - pred[:, upper, 1], clip.opening[frames])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from instag.audio.registry import get_extractor
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", required=True, help="folder of processed training clips (data/pretrain)")
+    ap.add_argument("--eval", nargs="+", required=True, help="processed evaluation clips (data/<ID>)")
+    ap.add_argument("--audio_extractor", default="mel")
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--offsets", action="store_true", help="also train with the recorded A/V offsets applied")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--out", default=str(RESULTS / "audio_lips.json"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        root = Path(args.train)
+        if not root.is_dir():
+            raise InstagError(f"{root}: not a folder of processed clips")
+        eval_roots = {Path(p).resolve() for p in args.eval}
+        dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.resolve() not in eval_roots
+                      and DatasetLayout.of(d).landmarks.exists())
+        if not dirs:
+            raise InstagError(f"{root}: no processed clips (landmarks.npy) in it")
+        train = [ClipData(d, args.audio_extractor) for d in dirs]
+        evals = [ClipData(Path(p), args.audio_extractor) for p in args.eval]
+    except InstagError as err:
+        print(f"bench/audio_lips.py: {err}", file=sys.stderr)
+        return 1
+    item_shape = tuple(get_extractor(args.audio_extractor).item_shape)
+    rows = []
+    for clip in evals:
+        lag0, best, lag = loudness_baseline(clip)
+        rows.append({"predictor": "loudness, lag 0", "clip": clip.name, "corr": lag0})
+        rows.append({"predictor": f"loudness, best lag ({lag:+d})", "clip": clip.name, "corr": best})
+    variants = [False, True] if args.offsets else [False]
+    for use_offsets in variants:
+        label = "audio encoder" + (", offsets applied" if use_offsets else "")
+        per_seed = []
+        for seed in args.seeds:
+            t0 = time.time()
+            per_seed.append(train_and_predict(train, evals, item_shape, args.steps, args.batch, args.lr, seed, use_offsets))
+            print(f"{label}, seed {seed}: {per_seed[-1]} ({time.time() - t0:.0f} s)", flush=True)
+        for clip in evals:
+            values = [r[clip.name] for r in per_seed]
+            rows.append({"predictor": label, "clip": clip.name, "corr": float(np.mean(values)),
+                         "min": float(np.min(values)), "max": float(np.max(values)), "seeds": len(values)})
+    shifted = {c.name: c.offset for c in train if c.shift(True)}
+    result = {"extractor": args.audio_extractor, "train_clips": [c.name for c in train],
+              "train_frames": int(sum(int(c.valid.sum()) for c in train)), "steps": args.steps, "batch": args.batch,
+              "offsets_applied_in_variant": shifted, "rows": rows}
+    print(table(rows, ["predictor", "clip", "corr", "min", "max", "seeds"]))
+    print(f"{len(train)} training clips, {result['train_frames']} frames; validation frames of each evaluation clip")
+    write_json(Path(args.out), result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
