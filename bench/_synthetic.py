@@ -53,8 +53,9 @@ def _c2w(yaw: float, pitch: float) -> list[list[float]]:
     return m.tolist()
 
 
-def make_clip(root: Path, n_train: int = 250, n_val: int = 300, size: int = 512, seed: int = 0) -> Path:
-    """Write a synthetic processed clip under ``root``; returns it."""
+def make_clip(root: Path, n_train: int = 250, n_val: int = 300, size: int = 512, seed: int = 0, parsing: bool = False) -> Path:
+    """Write a synthetic processed clip under ``root``; returns it. ``parsing`` also writes the parsing maps that
+    training reads (head ellipse, inside of the mouth)."""
     from instag.audio.mel import MelExtractor
     from instag.data.format import DatasetLayout
     from instag.io.atomic import save_npy
@@ -65,6 +66,10 @@ def make_clip(root: Path, n_train: int = 250, n_val: int = 300, size: int = 512,
     n = n_train + n_val
     for d in (layout.gt_dir, layout.ori_dir, layout.torso_dir):
         d.mkdir(parents=True, exist_ok=True)
+    if parsing:
+        from instag.data.format import PARSING_BGR
+
+        layout.parsing(0).parent.mkdir(parents=True, exist_ok=True)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     plate = np.stack([120 + 60 * xx, 110 + 50 * yy, 150 - 40 * xx * yy], -1).astype(np.uint8)
     cv2.imwrite(str(layout.background), plate)
@@ -80,6 +85,13 @@ def make_clip(root: Path, n_train: int = 250, n_val: int = 300, size: int = 512,
         gt = (torso[..., :3] * a + plate * (1 - a)).astype(np.uint8)
         cv2.ellipse(gt, (size // 2, int(size * 0.45)), (int(size * 0.16), int(size * 0.22)), 0, 0, 360, (140, 160, 205), -1)
         cv2.imwrite(str(layout.gt_image(i)), gt)
+        if parsing:
+            labels = np.full((size, size, 3), PARSING_BGR["background"], np.uint8)
+            centre, axes = (size // 2, int(size * 0.45)), (int(size * 0.16), int(size * 0.22))
+            cv2.ellipse(labels, centre, axes, 0, 0, 360, PARSING_BGR["head"], -1)
+            gap = int(size * (0.01 + 0.02 * (1 + math.sin(i / 3))))
+            cv2.ellipse(labels, (size // 2, int(size * 0.55)), (int(size * 0.05), gap), 0, 0, 360, PARSING_BGR["mouth"], -1)
+            cv2.imwrite(str(layout.parsing(i)), labels)
         np.savetxt(layout.lms(i), base + rng.normal(0, 0.5, base.shape))
     samples = speech(n / 25, seed)
     write_wav(layout.audio_wav, samples, 16000)

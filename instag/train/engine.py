@@ -122,6 +122,7 @@ class Trainer:
         self._setup_trainable()
         self.build_optimizers()
         self.losses_window: list[Tensor] = []
+        self._logged: dict[str, tuple[Tensor, int]] = {}  # sum and count since the last StepLog (kept on the device)
         self.skipped_steps = 0  # steps with nothing in view (no gradient), see step()
         self.history: list[StepLog] = []
 
@@ -511,9 +512,20 @@ class Trainer:
                 self.ema.update()
         self._maintain(ident, it_id, info)
         self.losses_window.append(loss.detach())
-        if self.log is not None and (it % self.log_every == 0 or it == cfg.iterations):
-            self.log(StepLog(it, float(loss.detach()), {k: float(v) for k, v in info["parts"].items()}))
+        if self.log is not None:
+            self._log_step(it, loss.detach(), info["parts"])
         return loss.detach()
+
+    def _log_step(self, it: int, loss: Tensor, parts: dict) -> None:
+        """Sum this step's loss and parts; every ``log_every`` steps emit their means since the last log
+        (one sampled frame's loss alone swings with the frame, e.g. with how wide its mouth is open)."""
+        for k, v in (("loss", loss), *parts.items()):
+            total, n = self._logged.get(k, (0.0, 0))
+            self._logged[k] = (v + total, n + 1)
+        if it % self.log_every == 0 or it == self.cfg.iterations:
+            means = {k: float(total) / n for k, (total, n) in self._logged.items()}
+            self._logged = {}
+            self.log(StepLog(it, means.pop("loss"), means))
 
     def run(
         self,

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -69,9 +69,12 @@ class Logger:
         except Exception:  # tensorboard is optional
             self.writer = None
         self.history: list[tuple[int, float]] = []
+        self.photo_history: list[tuple[int, float]] = []  # the photometric part alone (L1 + D-SSIM)
 
     def __call__(self, log: StepLog) -> None:
         self.history.append((log.iteration, log.loss))
+        if "photo" in log.parts:
+            self.photo_history.append((log.iteration, log.parts["photo"]))
         if self.writer is not None:
             self.writer.add_scalar(f"{self.tag}/loss", log.loss, log.iteration)
             for k, v in log.parts.items():
@@ -89,6 +92,7 @@ class StageResult:
     seconds: float
     history: list[tuple[int, float]]
     start: int = 0  # the iteration this piece resumed from (0: a fresh run)
+    photo_history: list[tuple[int, float]] = field(default_factory=list)
 
 
 def earlier_log(path: Path, resume: bool) -> dict:
@@ -105,13 +109,14 @@ def earlier_log(path: Path, resume: bool) -> dict:
 def stage_entry(previous: dict | None, result: StageResult, iterations: int, **extra) -> dict:
     """A stage's entry in the training log. A piece resumed from a stop adds to what the earlier
     pieces recorded: seconds summed, loss histories joined, ``pieces`` counted."""
-    seconds, history, pieces = result.seconds, list(result.history), 1
+    seconds, history, photo, pieces = result.seconds, list(result.history), list(result.photo_history), 1
     if result.start > 0 and previous and previous.get("iterations") == iterations:
         seconds += float(previous.get("seconds") or 0.0)
         history = [h for h in previous.get("loss_history", []) if h[0] <= result.start] + history
+        photo = [h for h in previous.get("photo_history", []) if h[0] <= result.start] + photo
         pieces = int(previous.get("pieces", 1)) + 1
     return {"iterations": iterations, "reached": result.iteration, "seconds": round(seconds, 1), "pieces": pieces,
-            **extra, "loss_history": history}
+            **extra, "loss_history": history, "photo_history": photo}
 
 
 def stage_done(folder: Path, stem: str, total: int) -> bool:
@@ -180,7 +185,7 @@ def run_stage(
     done = max(1, last - start)
     print(f"instag: {cfg.mode} {cfg.stage}: {done} steps, {1000 * trainer.time_step / done:.1f} ms/step compute, "
           f"{1000 * trainer.time_data / done:.1f} ms/step waiting for data", file=sys.stderr)
-    return StageResult(last, last >= cfg.iterations, time.time() - t0, logger.history, start), trainer
+    return StageResult(last, last >= cfg.iterations, time.time() - t0, logger.history, start, logger.photo_history), trainer
 
 
 def remaining_seconds(stop_after: float, t_start: float) -> float | None:
