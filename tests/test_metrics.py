@@ -152,17 +152,13 @@ def test_sequence_metrics_aggregates():
 
 
 def test_lpips_architecture_with_constructed_weights(tmp_path):
-    from instag.metrics.lpips import ALEX_CONVS, ALEX_FEATURE_INDEX, LPIPS
+    from lpips_weights import write_lpips_weights
+
+    from instag.metrics.lpips import LPIPS
 
     gen = torch.Generator().manual_seed(0)
-    alex = {}
-    for (cin, cout, k, _, _), idx in zip(ALEX_CONVS, ALEX_FEATURE_INDEX):
-        alex[f"features.{idx}.weight"] = torch.randn(cout, cin, k, k, generator=gen) * 0.05
-        alex[f"features.{idx}.bias"] = torch.zeros(cout)
-    lin = {f"lin{k}.model.1.weight": torch.rand(1, c[1], 1, 1, generator=gen) for k, c in enumerate(ALEX_CONVS)}
-    torch.save(alex, tmp_path / "alexnet.pth")
-    torch.save(lin, tmp_path / "alex.pth")
-    model = LPIPS().load(tmp_path / "alex.pth", tmp_path / "alexnet.pth")
+    lin_path, alex_path = write_lpips_weights(tmp_path)
+    model = LPIPS().load(lin_path, alex_path)
     a = torch.rand(2, 3, 64, 64, generator=gen)
     b = torch.rand(2, 3, 64, 64, generator=gen)
     assert torch.allclose(model(a, a), torch.zeros(2), atol=1e-7)
@@ -172,7 +168,7 @@ def test_lpips_architecture_with_constructed_weights(tmp_path):
     from instag.errors import InstagError
 
     with pytest.raises(InstagError):
-        LPIPS().load(tmp_path / "alex.pth", tmp_path / "bad.pth")
+        LPIPS().load(lin_path, tmp_path / "bad.pth")
 
 
 def test_syncnet_shapes_and_mfcc():

@@ -320,3 +320,65 @@ def test_audio_vector_varies_with_the_audio_and_is_standardised():
     for _ in range(3):
         enc(torch.randn(1, 8, 80, 16))  # batch size 1 updates without NaN
     assert torch.isfinite(enc.norm.var).all() and int(enc.norm.count) == 4
+
+
+# ---------------------------------------------------------------------- patch LPIPS
+def test_patch_lpips_tiles_the_image_and_back_propagates(tmp_path):
+    from lpips_weights import write_lpips_weights
+
+    from instag.metrics.lpips import LPIPS
+
+    model = LPIPS().load(*write_lpips_weights(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(3, 70, 100, generator=g)
+    assert float(L.patch_lpips(model, target, target, 32)) < 1e-6
+    render = torch.rand(3, 70, 100, generator=g).requires_grad_(True)
+    d = L.patch_lpips(model, render, target, 32)  # 2 x 3 tiles of 32 px, the rest cropped away
+    d.backward()
+    assert float(d.detach()) > 0 and render.grad is not None
+    grad_rows = render.grad.abs().sum(dim=(0, 2))
+    assert float(grad_rows[:3].sum()) == 0.0 and float(grad_rows[3:67].sum()) > 0  # centred crop: rows 3..66
+
+
+def _adapt_parts(clips, tmp_path, monkeypatch, **kw) -> dict:
+    """Run a tiny adaptation and collect the logged loss parts per stage."""
+    import instag.train.run as run_mod
+    from instag.train.adapt import AdaptConfig, adapt
+
+    seen: dict = {}
+    original = run_mod.Logger.__call__
+
+    def record(self, log):
+        original(self, log)
+        for k, v in log.parts.items():
+            seen.setdefault(self.tag, {}).setdefault(k, []).append(v)
+
+    monkeypatch.setattr(run_mod.Logger, "__call__", record)
+    pre = tmp_path / "pre"
+    save_universal(pre, "face", UniversalFaceField((80, 16)).state_dict(), {"audio_extractor": "mel", "iteration": 1})
+    save_universal(pre, "mouth", UniversalMouthField((80, 16)).state_dict(), {"audio_extractor": "mel", "iteration": 1})
+    cfg = AdaptConfig(source_path=str(clips[1].root), model_path=str(tmp_path / "out"), pretrain_path=str(pre),
+                      preset="tiny", iterations=16, mouth_iterations=6, fuse_iterations=8, evaluate=False, quiet=True, **kw)
+    assert adapt(cfg, log=lambda *a: None) == 0
+    return seen
+
+
+def test_lpips_term_joins_training_when_its_weights_are_present(clips, tmp_path, monkeypatch, capsys):
+    from lpips_weights import write_lpips_weights
+
+    lin, alex = write_lpips_weights(tmp_path / "w")
+    monkeypatch.setenv("INSTAG_LPIPS_LIN", str(lin))
+    monkeypatch.setenv("INSTAG_ALEXNET", str(alex))
+    parts = _adapt_parts(clips, tmp_path, monkeypatch)
+    fuse = parts["adapt_fuse"]
+    assert "lpips" in fuse and all(np.isfinite(fuse["lpips"])) and max(fuse["lpips"]) > 0  # from step at(1001) = 4 of 8
+    assert "lpips" in parts["adapt_face"] and "lpips" not in parts["adapt_mouth"]  # the mouth uses it with --long only
+    assert "without its LPIPS term" not in capsys.readouterr().err
+
+
+def test_training_without_lpips_weights_says_so_and_runs(clips, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("INSTAG_LPIPS_LIN", str(tmp_path / "missing_lin.pth"))
+    monkeypatch.setenv("INSTAG_ALEXNET", str(tmp_path / "missing_alex.pth"))
+    parts = _adapt_parts(clips, tmp_path, monkeypatch)
+    assert "lpips" not in parts["adapt_fuse"]
+    assert "fuse stage without its LPIPS term" in capsys.readouterr().err

@@ -91,6 +91,10 @@ class StageConfig:
     lip_aux: float = 0.0
     lip_motion: float = 0.0  # face stage: landmark-guided lip motion (losses.lip_motion_loss)
     lip_motion_radius: float = 0.006  # head units around the tracked lip landmarks
+    # patch LPIPS (used only when its weights are on disk: instag.metrics.lpips)
+    lpips: float = 0.0
+    lpips_from: int = 1 << 30
+    lpips_patch: tuple[int, int] = (32, 42)  # tile size drawn per iteration in [lo, hi]
     # pruning
     green_prune: bool = True
     z_prune: bool = False
@@ -147,6 +151,7 @@ def stage_config(stage: str, mode: str, iterations: int | None = None, long: boo
             opacity_reset_interval=0 if long else at(3000), hair_from=at(3001), hair_until=at(6499),
             late_from=at(7500), priors_from=1 << 30 if long else at(5001), lips_att_reg=1e-4, z_prune=not long,
             contrast=0.0, ema_decay=0.0, lip_motion=LIP_MOTION_ADAPT,
+            lpips=0.21 if long else 0.01, lpips_from=at(7500), lpips_patch=(64, 96),
         )
     elif stage == "mouth":
         cfg = StageConfig(
@@ -154,12 +159,12 @@ def stage_config(stage: str, mode: str, iterations: int | None = None, long: boo
             curriculum_end=total, select_interval=7 if long else 5, densify_until=at(45_000) if long else at(9000),
             densify_grad_threshold=0.0002, opacity_reset_interval=0 if long else at(3000),
             freeze_from=1 << 30 if long else at(9000), green_reset_from=at(2000), green_prune=False,
-            contrast=0.0, ema_decay=0.0,
+            contrast=0.0, ema_decay=0.0, lpips=0.51 if long else 0.0, lpips_from=at(9000),
         )
     else:  # fuse
         cfg = StageConfig(
             **common, sh_degree=2 if long else 1, warmup=0, densify_until=0, green_prune=False, contrast=0.0,
-            ema_decay=0.0, train_universal=False, opacity_lr=0.001,
+            ema_decay=0.0, train_universal=False, opacity_lr=0.001, lpips=0.05, lpips_from=at(1001),
         )
     if total < 1000:  # too short for the densify/prune schedule to settle: keep the initial clouds
         cfg = cfg.replace(densify_until=0, opacity_reset_interval=0)

@@ -122,11 +122,31 @@ class Trainer:
         self._setup_trainable()
         self.build_optimizers()
         self.losses_window: list[Tensor] = []
+        self.lpips = self._load_lpips() if cfg.lpips > 0 else None
         self._logged: dict[str, tuple[Tensor, int]] = {}  # sum and count since the last StepLog (kept on the device)
         self.skipped_steps = 0  # steps with nothing in view (no gradient), see step()
         self.history: list[StepLog] = []
 
     # ------------------------------------------------------------------ setup
+    def _load_lpips(self) -> nn.Module | None:
+        """The LPIPS model when its weights are on disk (never downloaded); None, said once, otherwise."""
+        from instag.metrics import lpips as lp
+
+        model = lp.LPIPS.from_local()
+        if model is None:
+            print(f"instag: {self.cfg.stage} stage without its LPIPS term: {lp.missing_note()}", file=sys.stderr)
+            return None
+        return model.to(self.device)
+
+    def _lpips_term(self, render: Tensor, target: Tensor, it: int) -> Tensor | None:
+        """``cfg.lpips`` × patch LPIPS from ``cfg.lpips_from`` on, when the weights are present."""
+        cfg = self.cfg
+        if self.lpips is None or it < cfg.lpips_from:
+            return None
+        lo, hi = cfg.lpips_patch
+        patch = int(np.random.default_rng(self.seed * 7_919 + it).integers(lo, hi + 1))
+        return cfg.lpips * L.patch_lpips(self.lpips, render, target, patch)
+
     def _setup_trainable(self) -> None:
         cfg = self.cfg
         for ident in self.ids:
@@ -290,6 +310,10 @@ class Trainer:
             target = L.key_out(target, ~lips)
         loss = L.photometric(render, target, cfg.lambda_dssim)
         parts = {"photo": loss.detach()}
+        lp = self._lpips_term(render, target, it)
+        if lp is not None:
+            loss = loss + lp
+            parts["lpips"] = lp.detach()
         if not static:
             reg = cfg.motion_reg * L.motion_l1(d.motion.deltas())
             if d.personal is not None:
@@ -368,6 +392,10 @@ class Trainer:
         render = torch.where((lips & ~mouth)[None], bg_img, out.color)
         loss = L.photometric(render, target, cfg.lambda_dssim)
         parts = {"photo": loss.detach()}
+        lp = self._lpips_term(render, target, it)
+        if lp is not None:
+            loss = loss + lp
+            parts["lpips"] = lp.detach()
         if not static:
             reg = cfg.motion_reg * L.motion_l1([d.motion.d_xyz, d.motion.d_rot] if cfg.mode == "pretrain" else [])
             if d.personal is not None:
@@ -401,7 +429,12 @@ class Trainer:
         mouth_img = rm.color + (1 - rm.alpha) * s["background"]
         image = rf.color + (1 - rf.alpha) * mouth_img
         loss = L.photometric(image, s["image"], cfg.lambda_dssim)
-        return loss, {"out": None, "parts": {"photo": loss.detach()}, "cloud": None}
+        parts = {"photo": loss.detach()}
+        lp = self._lpips_term(image, s["image"], it)
+        if lp is not None:
+            loss = loss + lp
+            parts["lpips"] = lp.detach()
+        return loss, {"out": None, "parts": parts, "cloud": None}
 
     def _contrast(self, ident: Identity, own: Motion, window: Tensor, au: Tensor | None, kind: str) -> Tensor:
         others = [i for i in self.ids if i is not ident]

@@ -27,6 +27,21 @@ def photometric(render: Tensor, target: Tensor, lambda_dssim: float = 0.2) -> Te
     return (render - target).abs().mean() + lambda_dssim * (1.0 - ssim(render, target))
 
 
+def patch_lpips(model, render: Tensor, target: Tensor, patch: int) -> Tensor:
+    """Mean LPIPS over the non-overlapping ``patch``-sized tiles of two images ``[3,H,W]`` in [0,1] ("patch
+    LPIPS"; the images are cropped, centred, to whole tiles). ``model``: an :class:`instag.metrics.lpips.LPIPS`."""
+    h, w = render.shape[1:]
+    p = max(1, min(int(patch), h, w))
+    nh, nw = h // p, w // p
+    y0, x0 = (h - nh * p) // 2, (w - nw * p) // 2
+
+    def tiles(img: Tensor) -> Tensor:
+        t = img[:, y0 : y0 + nh * p, x0 : x0 + nw * p].reshape(3, nh, p, nw, p)
+        return t.permute(1, 3, 0, 2, 4).reshape(nh * nw, 3, p, p)
+
+    return model(tiles(render), tiles(target)).mean()
+
+
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``x`` over ``mask`` (broadcast); 0 for an empty mask."""
     m = mask.to(x.dtype).expand_as(x)
