@@ -363,7 +363,7 @@ def _adapt_parts(clips, tmp_path, monkeypatch, **kw) -> dict:
     return seen
 
 
-def test_lpips_term_joins_training_when_its_weights_are_present(clips, tmp_path, monkeypatch, capsys):
+def test_lpips_term_joins_training_when_its_weights_are_present(clips, tmp_path, monkeypatch):
     from lpips_weights import write_lpips_weights
 
     lin, alex = write_lpips_weights(tmp_path / "w")
@@ -373,12 +373,15 @@ def test_lpips_term_joins_training_when_its_weights_are_present(clips, tmp_path,
     fuse = parts["adapt_fuse"]
     assert "lpips" in fuse and all(np.isfinite(fuse["lpips"])) and max(fuse["lpips"]) > 0  # from step at(1001) = 4 of 8
     assert "lpips" in parts["adapt_face"] and "lpips" not in parts["adapt_mouth"]  # the mouth uses it with --long only
-    assert "without its LPIPS term" not in capsys.readouterr().err
+    log = json.loads((tmp_path / "out" / "adapt_log.json").read_text())
+    assert not any("notes" in log["stages"][s] for s in ("face", "mouth", "fuse"))
 
 
-def test_training_without_lpips_weights_says_so_and_runs(clips, tmp_path, monkeypatch, capsys):
+def test_training_without_lpips_weights_notes_it_in_the_log(clips, tmp_path, monkeypatch):
     monkeypatch.setenv("INSTAG_LPIPS_LIN", str(tmp_path / "missing_lin.pth"))
     monkeypatch.setenv("INSTAG_ALEXNET", str(tmp_path / "missing_alex.pth"))
     parts = _adapt_parts(clips, tmp_path, monkeypatch)
     assert "lpips" not in parts["adapt_fuse"]
-    assert "fuse stage without its LPIPS term" in capsys.readouterr().err
+    log = json.loads((tmp_path / "out" / "adapt_log.json").read_text())
+    assert any("without its LPIPS term" in n and "alex.pth" in n for n in log["stages"]["fuse"]["notes"])
+    assert "notes" not in log["stages"]["mouth"]  # no LPIPS term in its recipe: nothing left out

@@ -122,6 +122,7 @@ class Trainer:
         self._setup_trainable()
         self.build_optimizers()
         self.losses_window: list[Tensor] = []
+        self.notes: list[str] = []  # what this stage left out, for the training log
         self.lpips = self._load_lpips() if cfg.lpips > 0 else None
         self._logged: dict[str, tuple[Tensor, int]] = {}  # sum and count since the last StepLog (kept on the device)
         self.skipped_steps = 0  # steps with nothing in view (no gradient), see step()
@@ -129,12 +130,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _load_lpips(self) -> nn.Module | None:
-        """The LPIPS model when its weights are on disk (never downloaded); None, said once, otherwise."""
+        """The LPIPS model when its weights are on disk (never downloaded); None otherwise, noted in the log."""
         from instag.metrics import lpips as lp
 
         model = lp.LPIPS.from_local()
         if model is None:
-            print(f"instag: {self.cfg.stage} stage without its LPIPS term: {lp.missing_note()}", file=sys.stderr)
+            self.notes.append(f"trained without its LPIPS term: {lp.missing_note()}")
             return None
         return model.to(self.device)
 

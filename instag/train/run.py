@@ -93,6 +93,7 @@ class StageResult:
     history: list[tuple[int, float]]
     start: int = 0  # the iteration this piece resumed from (0: a fresh run)
     photo_history: list[tuple[int, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def earlier_log(path: Path, resume: bool) -> dict:
@@ -115,8 +116,11 @@ def stage_entry(previous: dict | None, result: StageResult, iterations: int, **e
         history = [h for h in previous.get("loss_history", []) if h[0] <= result.start] + history
         photo = [h for h in previous.get("photo_history", []) if h[0] <= result.start] + photo
         pieces = int(previous.get("pieces", 1)) + 1
-    return {"iterations": iterations, "reached": result.iteration, "seconds": round(seconds, 1), "pieces": pieces,
-            **extra, "loss_history": history, "photo_history": photo}
+    entry = {"iterations": iterations, "reached": result.iteration, "seconds": round(seconds, 1), "pieces": pieces,
+             **extra, "loss_history": history, "photo_history": photo}
+    if result.notes:
+        entry["notes"] = list(result.notes)
+    return entry
 
 
 def stage_done(folder: Path, stem: str, total: int) -> bool:
@@ -185,7 +189,8 @@ def run_stage(
     done = max(1, last - start)
     print(f"instag: {cfg.mode} {cfg.stage}: {done} steps, {1000 * trainer.time_step / done:.1f} ms/step compute, "
           f"{1000 * trainer.time_data / done:.1f} ms/step waiting for data", file=sys.stderr)
-    return StageResult(last, last >= cfg.iterations, time.time() - t0, logger.history, start, logger.photo_history), trainer
+    return StageResult(last, last >= cfg.iterations, time.time() - t0, logger.history, start, logger.photo_history,
+                       trainer.notes), trainer
 
 
 def remaining_seconds(stop_after: float, t_start: float) -> float | None:
