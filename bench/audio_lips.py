@@ -46,6 +46,7 @@ class ClipData:
         from instag.io.wav import read_wav, to_mono
         from instag.metrics.lips import mouth_opening
         from instag.preprocess.av_sync import speech_envelope
+        from instag.preprocess.pipeline import load_meta
 
         self.layout = layout = DatasetLayout.of(root)
         self.name = layout.name
@@ -59,17 +60,10 @@ class ClipData:
         self.opening = np.asarray(mouth_opening(lm), np.float64)
         samples, _ = read_wav(layout.audio_wav)
         self.loudness = speech_envelope(to_mono(samples), self.num)
-        step = self._audio_step()
+        step = load_meta(layout).get("steps", {}).get("audio_features") or {}
         self.offset = int(step.get("av_offset_frames") or 0)
         self.confidence = float(step.get("av_offset_confidence") or 0.0)
         self.already_fixed = "av_offset_fixed" in step
-
-    def _audio_step(self) -> dict:
-        meta = self.layout.root / "meta.json"
-        try:
-            return json.loads(meta.read_text(encoding="utf-8")).get("steps", {}).get("audio_features", {}) or {}
-        except (OSError, ValueError):
-            return {}
 
     def shift(self, use_offsets: bool) -> int:
         from instag.preprocess.av_sync import MIN_CONFIDENCE

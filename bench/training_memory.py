@@ -7,8 +7,10 @@ parsing, landmarks, AUs, mel features), then a fresh process builds what ``insta
 stage (the clip's whole-clip data, a talking head, the training engine with its data loader and worker processes)
 and draws ``--samples`` training samples through the engine's own loader, exactly as training does, without the
 optimisation steps. Peak resident memory is the largest sum of RSS over that process and its loader workers,
-sampled every 50 ms (proportional set size, so what forked workers share with the parent counts once). Beside it, the bytes that holding every decoded frame would take (what a preloading loader
-needs). Prints a table, writes JSON.
+sampled every 50 ms (proportional set size, so what forked workers share with the parent counts once). Beside it,
+what holding every frame's training sample would take (what a preloading loader needs): the clip's frames times
+the bytes of one sample as the loader hands it over (image, background, masks, depth and normal priors, audio).
+Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -62,14 +64,15 @@ def run_loader(root: Path, samples: int, workers: int) -> dict:
                               generator=torch.Generator().manual_seed(0))
     trainer = Trainer(cfg, [Identity(clip, head)], torch.device("cpu"), num_workers=workers)
     setup = _memory_tree(os.getpid())
-    seen, count, t0 = set(), 0, time.time()
+    seen, count, t0, sample_bytes = set(), 0, time.time(), 0
     for sample in trainer.loader(0):
         seen.add(int(sample["index"]))
+        sample_bytes = sum(v.numel() * v.element_size() for v in sample.values() if isinstance(v, torch.Tensor))
         count += 1
         if count >= samples:
             break
     return {"samples": count, "distinct": len(seen), "setup_mb": round(setup / 2**20, 1),
-            "seconds": round(time.time() - t0, 1)}
+            "sample_bytes": sample_bytes, "seconds": round(time.time() - t0, 1)}
 
 
 def measure(root: Path, samples: int, workers: int) -> dict:
@@ -111,10 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             root = make_clip(Path(tmp) / f"clip{n}", n_train=n, n_val=0, size=args.size, parsing=True)
             made = time.time() - t0
             rep = measure(root, args.samples, args.workers)
-            frame_bytes = args.size * args.size * (3 + 3 + 1)  # image, background, masks (uint8), as the loader holds them
             rows.append({"frames": n, "minutes": round(n / 25 / 60, 2), "samples": rep["samples"],
                          "distinct_frames": rep["distinct"], "peak_mb": rep["peak_mb"],
-                         "after_setup_mb": rep["setup_mb"], "preload_would_hold_mb": round(n * frame_bytes / 2**20, 1),
+                         "after_setup_mb": rep["setup_mb"], "preload_would_hold_mb": round(n * rep["sample_bytes"] / 2**20, 1),
                          "loader_s": rep["seconds"], "clip_written_s": round(made, 1)})
             print(f"{n} frames: peak {rep['peak_mb']} MB ({rep['seconds']} s)", flush=True)
             # free the disk before the next, larger clip

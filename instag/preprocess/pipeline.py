@@ -327,7 +327,8 @@ def _done(step: Step, ctx: Context) -> bool:
     return all(p.exists() for p in outputs)
 
 
-def _load_meta(layout: DatasetLayout) -> dict:
+def load_meta(layout: DatasetLayout) -> dict:
+    """A processed clip's ``meta.json`` (``{}`` when missing or unreadable)."""
     if not layout.meta.exists():
         return {}
     try:
@@ -363,7 +364,7 @@ def run(cfg: ProcessConfig) -> dict:
     layout = DatasetLayout.of(root)
     fresh_root = not root.exists()
     before = set(root.iterdir()) if root.exists() else set()
-    meta = _load_meta(layout)
+    meta = load_meta(layout)
     first_run = not meta
     meta.setdefault("source", info.as_dict())
     meta.setdefault("steps", {})

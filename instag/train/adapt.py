@@ -33,7 +33,7 @@ from instag.train.config import stage_config
 from instag.train.engine import Identity
 from instag.train.run import (
     INCOMPLETE,
-    earlier_log,
+    earlier_stages,
     pick_device,
     pick_workers,
     remaining_seconds,
@@ -119,10 +119,9 @@ def adapt(cfg: AdaptConfig, log=print) -> int:
     stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
     meta = {"audio_extractor": extractor, "item_shape": list(item_shape), "source_path": str(cfg.source_path),
             "N_views": cfg.N_views, "long": cfg.long, "preset": cfg.preset}
-    summary: dict = {"clip": clip.name, "frames": len(clip), "stages": {}}
-    earlier = earlier_log(out / "adapt_log.json", cfg.resume)
-    if (earlier.get("clip"), earlier.get("frames")) == (clip.name, len(clip)):
-        summary["stages"] = dict(earlier.get("stages") or {})  # finished stages and earlier pieces stay on record
+    # a resumed run keeps the finished stages and earlier pieces on record
+    summary: dict = {"clip": clip.name, "frames": len(clip),
+                     "stages": earlier_stages(out / "adapt_log.json", cfg.resume, clip=clip.name, frames=len(clip))}
     head: TalkingHead | None = None
     previous = None
     for stage in STAGE_ORDER:

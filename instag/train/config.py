@@ -19,7 +19,7 @@ MODES = ("pretrain", "adapt")
 # Adaptation, measured on the H100 with the default-recipe pre-training (bench/results/training.json):
 # dfrf_cnn2_25fps held-out mouth-opening correlation, seeds 0/1/2 at 0.05 -> 0.32 / -0.17 / -0.11, seeds 1/2 at
 # 0.5 -> 0.46 / 0.38, seed 1 at 2.0 -> 0.28 (PSNR -0.7 dB); on its own training frames seed 1 goes 0.17 -> 0.78
-# from 0.05 to 0.5 (at 0.05 the mouth was not fitted even where it was seen); mimictalk_german_20s 0.44 -> 0.47.
+# from 0.05 to 0.5 (at 0.05 the mouth was not fitted even where it was seen); mimictalk_german_20s 0.44 -> 0.48.
 LIP_MOTION_PRETRAIN = 0.01
 LIP_MOTION_ADAPT = 0.5
 

@@ -139,14 +139,17 @@ class Trainer:
             return None
         return model.to(self.device)
 
-    def _lpips_term(self, render: Tensor, target: Tensor, it: int) -> Tensor | None:
-        """``cfg.lpips`` × patch LPIPS from ``cfg.lpips_from`` on, when the weights are present."""
+    def _with_lpips(self, loss: Tensor, parts: dict, render: Tensor, target: Tensor, it: int) -> Tensor:
+        """``loss`` plus ``cfg.lpips`` × patch LPIPS from ``cfg.lpips_from`` on, when the weights are present
+        (recorded in ``parts``)."""
         cfg = self.cfg
         if self.lpips is None or it < cfg.lpips_from:
-            return None
+            return loss
         lo, hi = cfg.lpips_patch
         patch = int(np.random.default_rng(self.seed * 7_919 + it).integers(lo, hi + 1))
-        return cfg.lpips * L.patch_lpips(self.lpips, render, target, patch)
+        term = cfg.lpips * L.patch_lpips(self.lpips, render, target, patch)
+        parts["lpips"] = term.detach()
+        return loss + term
 
     def _setup_trainable(self) -> None:
         cfg = self.cfg
@@ -311,10 +314,7 @@ class Trainer:
             target = L.key_out(target, ~lips)
         loss = L.photometric(render, target, cfg.lambda_dssim)
         parts = {"photo": loss.detach()}
-        lp = self._lpips_term(render, target, it)
-        if lp is not None:
-            loss = loss + lp
-            parts["lpips"] = lp.detach()
+        loss = self._with_lpips(loss, parts, render, target, it)
         if not static:
             reg = cfg.motion_reg * L.motion_l1(d.motion.deltas())
             if d.personal is not None:
@@ -393,10 +393,7 @@ class Trainer:
         render = torch.where((lips & ~mouth)[None], bg_img, out.color)
         loss = L.photometric(render, target, cfg.lambda_dssim)
         parts = {"photo": loss.detach()}
-        lp = self._lpips_term(render, target, it)
-        if lp is not None:
-            loss = loss + lp
-            parts["lpips"] = lp.detach()
+        loss = self._with_lpips(loss, parts, render, target, it)
         if not static:
             reg = cfg.motion_reg * L.motion_l1([d.motion.d_xyz, d.motion.d_rot] if cfg.mode == "pretrain" else [])
             if d.personal is not None:
@@ -431,10 +428,7 @@ class Trainer:
         image = rf.color + (1 - rf.alpha) * mouth_img
         loss = L.photometric(image, s["image"], cfg.lambda_dssim)
         parts = {"photo": loss.detach()}
-        lp = self._lpips_term(image, s["image"], it)
-        if lp is not None:
-            loss = loss + lp
-            parts["lpips"] = lp.detach()
+        loss = self._with_lpips(loss, parts, image, s["image"], it)
         return loss, {"out": None, "parts": parts, "cloud": None}
 
     def _contrast(self, ident: Identity, own: Motion, window: Tensor, au: Tensor | None, kind: str) -> Tensor:

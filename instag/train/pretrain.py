@@ -29,7 +29,7 @@ from instag.train.config import stage_config
 from instag.train.engine import Identity, restore_models
 from instag.train.run import (
     INCOMPLETE,
-    earlier_log,
+    earlier_stages,
     pick_device,
     pick_workers,
     remaining_seconds,
@@ -135,10 +135,9 @@ def pretrain(cfg: PretrainConfig, log=print) -> int:
         head.align = False
         identities.append(Identity(clip, head))
     timings = {}
-    summary: dict = {"identities": [c.name for c in clips], "stages": {}}
-    earlier = earlier_log(out / "pretrain_log.json", cfg.resume)
-    if earlier.get("identities") == summary["identities"]:
-        summary["stages"] = dict(earlier.get("stages") or {})  # finished stages and earlier pieces stay on record
+    names = [c.name for c in clips]
+    # a resumed run keeps the finished stages and earlier pieces on record
+    summary: dict = {"identities": names, "stages": earlier_stages(out / "pretrain_log.json", cfg.resume, identities=names)}
     for stage in ("face", "mouth"):
         if stage not in stages:
             continue

@@ -96,28 +96,32 @@ class StageResult:
     notes: list[str] = field(default_factory=list)
 
 
-def earlier_log(path: Path, resume: bool) -> dict:
-    """The training log a resumed run continues (``{}`` for a fresh run or an unreadable file)."""
+def earlier_stages(path: Path, resume: bool, **same) -> dict:
+    """The stage entries of the training log ``path`` that a resumed run continues, when the log's values of
+    ``same`` (e.g. ``clip=..., frames=...``) match this run; ``{}`` for a fresh run or an unreadable file."""
     if not (resume and path.exists()):
         return {}
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return old if isinstance(old, dict) else {}
+    if not isinstance(old, dict) or any(old.get(k) != v for k, v in same.items()):
+        return {}
+    return dict(old.get("stages") or {})
 
 
 def stage_entry(previous: dict | None, result: StageResult, iterations: int, **extra) -> dict:
     """A stage's entry in the training log. A piece resumed from a stop adds to what the earlier
     pieces recorded: seconds summed, loss histories joined, ``pieces`` counted."""
-    seconds, history, photo, pieces = result.seconds, list(result.history), list(result.photo_history), 1
+    histories = {"loss_history": list(result.history), "photo_history": list(result.photo_history)}
+    seconds, pieces = result.seconds, 1
     if result.start > 0 and previous and previous.get("iterations") == iterations:
         seconds += float(previous.get("seconds") or 0.0)
-        history = [h for h in previous.get("loss_history", []) if h[0] <= result.start] + history
-        photo = [h for h in previous.get("photo_history", []) if h[0] <= result.start] + photo
+        for key, new in histories.items():
+            histories[key] = [h for h in previous.get(key, []) if h[0] <= result.start] + new
         pieces = int(previous.get("pieces", 1)) + 1
     entry = {"iterations": iterations, "reached": result.iteration, "seconds": round(seconds, 1), "pieces": pieces,
-             **extra, "loss_history": history, "photo_history": photo}
+             **extra, **histories}
     if result.notes:
         entry["notes"] = list(result.notes)
     return entry
