@@ -114,6 +114,22 @@ def test_curriculum_sampler_with_closed_mouth_terminates(clips):
         assert all(0 <= p < len(clip) for _, p in draws)
 
 
+@pytest.mark.parametrize("stage,mode,iters,long", [
+    ("face", "adapt", 2000, False), ("mouth", "adapt", 1500, False), ("face", "adapt", 10_000, False),
+    ("mouth", "adapt", 10_000, False), ("face", "adapt", 10_000, True), ("mouth", "adapt", 10_000, True),
+    ("face", "pretrain", 12_000, False), ("mouth", "pretrain", 8_000, False), ("fuse", "adapt", 500, False),
+])
+def test_opacity_resets_leave_room_to_recover(stage, mode, iters, long):
+    cfg = stage_config(stage, mode, iters, long=long)
+    resets = [it for it in range(1, iters + 1) if cfg.resets_opacity(it)]
+    for it in resets:  # each is followed by supervised steps in which opacity still trains
+        assert it + cfg.densify_interval <= min(cfg.densify_until, cfg.late_from, cfg.freeze_from)
+    if (stage, mode, iters, long) == ("face", "adapt", 2000, False):
+        assert resets == [600, 1200]  # the default recipe also reset at 1800, inside the lips-blanked phase
+    if (stage, mode, iters, long) == ("mouth", "adapt", 1500, False):
+        assert resets == [450, 900]  # ... and on 1350, the step after which the mouth's opacity froze
+
+
 # ---------------------------------------------------------------------- engine
 def _identity(layout, face_init=80, mouth_init=60):
     clip = load_clip(layout.root, "train", "mel")
@@ -130,6 +146,23 @@ def test_each_stage_steps_with_finite_loss(clips, stage):
     assert trainer.run(0, progress=False) == 12
     if stage in ("face", "fuse"):
         assert not torch.equal(before, ident.head.face.features_dc.detach())
+
+
+def test_engine_resets_opacity_only_where_the_schedule_allows(clips, monkeypatch):
+    """The engine asks the config; a reset on the mouth's freeze step used to leave it at 1 % opacity for good."""
+    from instag.model.gaussians import GaussianCloud
+
+    calls = []
+    original = GaussianCloud.reset_opacity
+    monkeypatch.setattr(GaussianCloud, "reset_opacity", lambda self, *a, **k: (calls.append(trainer.iteration), original(self, *a, **k)))
+    base = stage_config("mouth", "adapt", 12).replace(warmup=1, align_from=1, densify_from=100, densify_interval=4,
+                                                     opacity_reset_interval=4, green_reset_from=0)
+    for cfg, expected in ((base.replace(densify_until=8, freeze_from=8), []),  # step 4 leaves < 4 steps before 8
+                          (base.replace(densify_until=12, freeze_from=12), [4])):
+        calls.clear()
+        trainer = Trainer(cfg, [_identity(clips[0])], torch.device("cpu"))
+        trainer.run(0, progress=False)
+        assert calls == expected
 
 
 def test_empty_parsing_masks_do_not_make_nan(clips, tmp_path):

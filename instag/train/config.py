@@ -103,6 +103,21 @@ class StageConfig:
     ema_decay: float = 0.995
     train_universal: bool = True
 
+    def resets_opacity(self, it: int) -> bool:
+        """Whether step ``it`` resets the cloud's opacities.
+
+        Only while the cloud can still relearn them, with ``densify_interval`` supervised steps to spare:
+        before the end of densification (upstream: ``iteration < densify_until_iter``), before the late face
+        phase (the lips are no longer supervised there) and before the mouth's geometry freezes (opacity
+        stops training). A reset later than that leaves the cloud at 1 % opacity for good; before this rule,
+        adaptation's default schedule reset the mouth on its freeze step (the inside-mouth cloud ended
+        invisible) and the face in its late phase (a see-through hole over lips and chin: median opacity 0.27
+        in the lips box of a dfrf_cnn2_25fps model, 0.76 elsewhere).
+        """
+        every = self.opacity_reset_interval
+        last = min(self.densify_until, self.late_from, self.freeze_from) - self.densify_interval  # room to recover
+        return bool(every) and it % every == 0 and it < last
+
     def replace(self, **kw) -> StageConfig:
         return dataclasses.replace(self, **kw)
 

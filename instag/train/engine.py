@@ -492,7 +492,7 @@ class Trainer:
                 f"{cfg.mode} {cfg.stage}: every Gaussian of {ident.clip.name} was pruned at step {it_id}; the clip's masks may be "
                 "empty or the recipe too short for densification (raise --iterations)"
             )
-        if cfg.opacity_reset_interval and it_id % cfg.opacity_reset_interval == 0 and it_id <= cfg.densify_until:
+        if cfg.resets_opacity(it_id):
             cloud.reset_opacity(opt, 0.01)
 
     def _freeze_geometry(self, ident: Identity) -> None:
