@@ -418,3 +418,20 @@ def test_training_without_lpips_weights_notes_it_in_the_log(clips, tmp_path, mon
     log = json.loads((tmp_path / "out" / "adapt_log.json").read_text())
     assert any("without its LPIPS term" in n and "alex.pth" in n for n in log["stages"]["fuse"]["notes"])
     assert "notes" not in log["stages"]["mouth"]  # no LPIPS term in its recipe: nothing left out
+
+
+def test_adapt_command_line_overrides_reach_the_face_recipe():
+    from instag.config import parse
+    from instag.train.adapt import AdaptConfig, stage_recipe
+    from instag.train.config import FACE_ADAPT_DENSIFY_GRAD, LIP_MOTION_ADAPT
+
+    base = ["-S", "data/x", "-M", "output/x"]
+    default = parse(AdaptConfig, base)
+    face = stage_recipe(default, "face", 2000, few_shot=True)
+    assert (face.densify_grad_threshold, face.lip_motion) == (FACE_ADAPT_DENSIFY_GRAD, LIP_MOTION_ADAPT)
+    assert face.priors_from < 2000 and stage_recipe(default, "face", 2000, few_shot=False).priors_from == 1 << 30
+    cfg = parse(AdaptConfig, base + ["--densify_grad_threshold", "0.0003", "--lip_motion", "0"])
+    face = stage_recipe(cfg, "face", 2000, few_shot=True)
+    assert (face.densify_grad_threshold, face.lip_motion) == (0.0003, 0.0)
+    mouth = stage_recipe(cfg, "mouth", 1500, few_shot=True)
+    assert mouth.densify_grad_threshold == stage_config("mouth", "adapt", 1500).densify_grad_threshold

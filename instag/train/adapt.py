@@ -29,7 +29,7 @@ from instag.train.checkpoint import (
     resolve_pretrain_dir,
     universal_stem,
 )
-from instag.train.config import stage_config
+from instag.train.config import StageConfig, stage_config
 from instag.train.engine import Identity
 from instag.train.run import (
     INCOMPLETE,
@@ -69,6 +69,7 @@ class AdaptConfig:
     fuse_iterations: int = field(default=0, metadata={"help": "fuse-stage iterations (0 = preset)"})
     stages: str = field(default="face,mouth,fuse", metadata={"help": "comma list of stages to run"})
     lip_motion: float = field(default=-1.0, metadata={"help": "weight of the landmark-guided lip motion loss in the face stage (0 disables; -1 = recipe)"})
+    densify_grad_threshold: float = field(default=-1.0, metadata={"help": "face-stage densification threshold (mean screen-space gradient; -1 = recipe)"})
     max_side: int = field(default=-1, metadata={"help": "train at this longer image side (0 = native, -1 = preset)"})
     resume: bool = field(default=False, metadata={"help": "continue stopped stages from their last checkpoints"})
     stop_after: float = field(default=0.0, metadata={"help": "save and stop after this many seconds (0 = run to the end)"})
@@ -89,6 +90,19 @@ def _extractor(cfg: AdaptConfig) -> str:
                           "pre-training first (bash scripts/pretrain_con.sh data/pretrain output/pretrain_model 0) or fix --pretrain_path")
     check_extractor({"audio_extractor": recorded}, cfg.audio_extractor, resolve_pretrain_dir(cfg.pretrain_path))
     return recorded
+
+
+def stage_recipe(cfg: AdaptConfig, stage: str, iterations: int, few_shot: bool) -> StageConfig:
+    """The recipe of one adaptation stage with the command line's overrides applied."""
+    scfg = stage_config(stage, "adapt", iterations, long=cfg.long)
+    if stage != "face":
+        return scfg
+    scfg = scfg.replace(priors_from=scfg.priors_from if few_shot else 1 << 30)
+    if cfg.lip_motion >= 0:
+        scfg = scfg.replace(lip_motion=cfg.lip_motion)
+    if cfg.densify_grad_threshold > 0:
+        scfg = scfg.replace(densify_grad_threshold=cfg.densify_grad_threshold)
+    return scfg
 
 
 def _load_head(folder: Path, stem: str, device: torch.device) -> TalkingHead:
@@ -125,11 +139,7 @@ def adapt(cfg: AdaptConfig, log=print) -> int:
     head: TalkingHead | None = None
     previous = None
     for stage in STAGE_ORDER:
-        scfg = stage_config(stage, "adapt", iters[stage], long=cfg.long)
-        if stage == "face":
-            scfg = scfg.replace(priors_from=scfg.priors_from if few_shot else 1 << 30)
-            if cfg.lip_motion >= 0:
-                scfg = scfg.replace(lip_motion=cfg.lip_motion)
+        scfg = stage_recipe(cfg, stage, iters[stage], few_shot)
         product = f"chkpnt_{stage}_latest"
         if stage not in stages or (cfg.resume and stage_done(out, product, scfg.iterations)):
             if stage in stages:
