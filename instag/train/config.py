@@ -30,10 +30,11 @@ LIP_MOTION_ADAPT = 0.5
 # mimictalk_german_20s seeds 0/1: 30.61 -> 30.76, 31.48 -> 31.65), mouth-opening correlation within seed noise.
 FUSE_OPACITY_LR = 0.05
 
-# Densification threshold of the face stage in adaptation (upstream: 0.0005). Measured on the H100 (default recipe,
-# bench/results/training.json): upstream's value ends with ~4 000 face Gaussians that blur hair and skin even on the
-# training frames; 0.0002 ends with ~14 000: mimictalk_german_20s seed 1 PSNR 31.65 -> 32.29, SSIM 0.936 -> 0.944,
-# dfrf_cnn2_25fps seed 1 28.03 -> 28.13, 0.926 -> 0.931; 0.0001 (~30 000) 32.42 / 0.947 and 27.99 / 0.932.
+# Densification threshold of the face stage in few-shot adaptation (upstream: 0.0005, kept for --long, where it was
+# not measured). Measured on the H100 with the default-recipe pre-training (bench/results/training.json): upstream's
+# value ends with ~4 000 face Gaussians that blur hair and skin even on the training frames; 0.0002 ends with
+# ~14 000: mimictalk_german_20s seed 1 PSNR 31.65 -> 32.29, SSIM 0.936 -> 0.944, dfrf_cnn2_25fps seed 1
+# 28.03 -> 28.13, 0.926 -> 0.931; 0.0001 (~30 000) 32.42 / 0.947 and 27.99 / 0.932.
 FACE_ADAPT_DENSIFY_GRAD = 0.0002
 
 # Upstream iteration counts per (stage, mode); pre-training counts are global (all identities).
@@ -175,7 +176,8 @@ def stage_config(stage: str, mode: str, iterations: int | None = None, long: boo
     elif stage == "face":
         cfg = StageConfig(
             **common, sh_degree=2 if long else 1, init_num=2000, warmup=at(3000), align_from=at(1000),
-            curriculum_end=total, select_interval=10, densify_until=at(9000), densify_grad_threshold=FACE_ADAPT_DENSIFY_GRAD,
+            curriculum_end=total, select_interval=10, densify_until=at(9000),
+            densify_grad_threshold=0.0005 if long else FACE_ADAPT_DENSIFY_GRAD,
             opacity_reset_interval=0 if long else at(3000), hair_from=at(3001), hair_until=at(6499),
             late_from=at(7500), priors_from=1 << 30 if long else at(5001), lips_att_reg=1e-4, z_prune=not long,
             contrast=0.0, ema_decay=0.0, lip_motion=LIP_MOTION_ADAPT,
