@@ -9,7 +9,8 @@ the Pearson correlation of the predicted mouth opening (landmarks 13-14) with th
 correlation of the speech loudness (the audio-video offset check's envelope) with the opening, at lag 0 and at the
 best lag within +-3 frames, a baseline with nothing learned. ``--offsets`` also trains with each training clip's
 audio moved by the offset that preprocessing found (confident ones only, and only where preprocessing did not
-already shift it), to show what an uncorrected offset costs.
+already shift it), to show what an uncorrected offset costs. ``--person_frames N`` adds what adaptation has to work
+with: a ridge regression from each evaluation clip's own first N frames of audio to its opening (``person_ridge``).
 
 Needs only the audio, frames, landmarks and audio-features steps of preprocessing (``instag process --task 1``, 3,
 7, 2). CPU is enough (about a minute per run of 4 000 steps on 2 cores). Prints a table, writes JSON.
@@ -99,6 +100,39 @@ def loudness_baseline(clip: ClipData) -> tuple[float, float, int]:
     return by_lag[0], by_lag[best], best
 
 
+def person_ridge(clip: ClipData, n_train: int, lags: int = 3, lambdas=(1.0, 10.0, 100.0, 1e3, 1e4), folds: int = 5) -> tuple[float, float]:
+    """(held-out correlation, chosen lambda) of a ridge regression from the clip's own audio items to its mouth
+    opening, fitted on its first ``n_train`` frames as adaptation sees them. Features: each item averaged over the
+    central half of its time axis (the AVE vector as it is), frames t-lags..t+lags side by side, standardised on the
+    training frames. Lambda is chosen by contiguous ``folds``-fold cross-validation inside the training frames only."""
+    items = clip.items.numpy().astype(np.float64)
+    if items.shape[1] == 1:
+        per_frame = items[:, 0, :]
+    else:
+        w = items.shape[2]
+        per_frame = items[:, :, w // 4 : w - w // 4].mean(axis=2)
+    idx = np.arange(clip.num)
+    feats = np.concatenate([per_frame[np.clip(idx + lag, 0, clip.num - 1)] for lag in range(-lags, lags + 1)], axis=1)
+    train = np.arange(min(n_train, clip.num))
+    train = train[np.isfinite(clip.opening[train])]
+    test = clip.test_frames()
+
+    def fit_predict(fit: np.ndarray, pred: np.ndarray, lam: float) -> np.ndarray:
+        mu, sd = feats[fit].mean(0), feats[fit].std(0) + 1e-8
+        a = (feats[fit] - mu) / sd
+        y = clip.opening[fit]
+        w = np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ (y - y.mean()))
+        return ((feats[pred] - mu) / sd) @ w + y.mean()
+
+    blocks = np.array_split(train, folds)
+    scores = {}
+    for lam in lambdas:
+        cv = [pearson(fit_predict(np.setdiff1d(train, b), b, lam), clip.opening[b]) for b in blocks if len(b) > 2]
+        scores[lam] = float(np.mean(cv)) if cv else 0.0
+    best = max(scores, key=scores.get)
+    return pearson(fit_predict(train, test, best), clip.opening[test]), best
+
+
 def train_and_predict(train: list[ClipData], evals: list[ClipData], item_shape, steps: int, batch: int, lr: float,
                       seed: int, use_offsets: bool) -> dict[str, float]:
     from instag.audio.windows import frame_windows
@@ -149,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--offsets", action="store_true", help="also train with the recorded A/V offsets applied")
+    ap.add_argument("--person_frames", type=int, nargs="+", default=[],
+                    help="also fit a ridge regression on each evaluation clip's own first N frames (one N, or one per --eval clip)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--out", default=str(RESULTS / "audio_lips.json"))
     args = ap.parse_args(argv)
@@ -174,6 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         lag0, best, lag = loudness_baseline(clip)
         rows.append({"predictor": "loudness, lag 0", "clip": clip.name, "corr": lag0})
         rows.append({"predictor": f"loudness, best lag ({lag:+d})", "clip": clip.name, "corr": best})
+    if args.person_frames:
+        counts = args.person_frames * len(evals) if len(args.person_frames) == 1 else args.person_frames
+        if len(counts) != len(evals):
+            print(f"bench/audio_lips.py: --person_frames takes one N or one per --eval clip ({len(evals)})", file=sys.stderr)
+            return 1
+        for clip, n in zip(evals, counts):
+            corr, lam = person_ridge(clip, n)
+            rows.append({"predictor": f"ridge on its own first {n} frames", "clip": clip.name, "corr": corr, "lambda": lam})
     variants = [False, True] if args.offsets else [False]
     for use_offsets in variants:
         label = "audio encoder" + (", offsets applied" if use_offsets else "")
@@ -190,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"extractor": args.audio_extractor, "train_clips": [c.name for c in train],
               "train_frames": int(sum(int(c.valid.sum()) for c in train)), "steps": args.steps, "batch": args.batch,
               "offsets_applied_in_variant": shifted, "rows": rows}
-    print(table(rows, ["predictor", "clip", "corr", "min", "max", "seeds"]))
+    print(table(rows, ["predictor", "clip", "corr", "min", "max", "seeds", "lambda"]))
     print(f"{len(train)} training clips, {result['train_frames']} frames; validation frames of each evaluation clip")
     write_json(Path(args.out), result)
     print(f"wrote {args.out}")
