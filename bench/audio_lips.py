@@ -32,6 +32,7 @@ from _synthetic import RESULTS, table  # noqa: E402
 from instag.data.format import DatasetLayout  # noqa: E402
 from instag.errors import InstagError  # noqa: E402
 from instag.io.atomic import write_json  # noqa: E402
+from instag.metrics.lips import pearson  # noqa: E402
 
 TEST_FRAMES = 300  # the protocol's last 12 s, when a clip has no validation split
 LOUDNESS_LAGS = 3
@@ -42,7 +43,7 @@ class ClipData:
 
     def __init__(self, root: Path, extractor: str):
         from instag.audio.windows import load_features
-        from instag.data.dataset import _lip_targets
+        from instag.data.dataset import lip_targets
         from instag.io.safe_load import load_npy
         from instag.io.wav import read_wav, to_mono
         from instag.metrics.lips import mouth_opening
@@ -57,7 +58,7 @@ class ClipData:
         lm = load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)")
         self.num = len(lm)
         self.items = torch.from_numpy(load_features(layout.audio_features(extractor), extractor, self.num))
-        self.target, self.valid = (torch.from_numpy(a) for a in _lip_targets(layout, list(range(self.num))))
+        self.target, self.valid = (torch.from_numpy(a) for a in lip_targets(layout, list(range(self.num))))
         self.opening = np.asarray(mouth_opening(lm), np.float64)
         samples, _ = read_wav(layout.audio_wav)
         self.loudness = speech_envelope(to_mono(samples), self.num)
@@ -79,14 +80,6 @@ class ClipData:
             frames = json.loads(path.read_text(encoding="utf-8")).get("frames", [])
             return np.array([int(f["img_id"]) for f in frames if int(f["img_id"]) < self.num])
         return np.arange(max(0, self.num - TEST_FRAMES), self.num)
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    if a.size < 3 or a.std() == 0 or b.std() == 0:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def loudness_baseline(clip: ClipData) -> tuple[float, float, int]:

@@ -40,18 +40,11 @@ def region_masks(masks: np.ndarray) -> dict[str, np.ndarray]:
 
 def error_by_region(source: str, model_path: str, split: str, n_views: int, every: int, dilate: bool,
                     device: str | None) -> dict:
-    import cv2
-    import torch
+    from instag.data.dataset import read_masks, resize_to
+    from instag.infer.synthesize import Backgrounds, render_frames
+    from instag.metrics.evaluate import load_split, read_ground_truth
 
-    from instag.data.dataset import load_clip, read_masks
-    from instag.data.format import DatasetLayout
-    from instag.infer.synthesize import Backgrounds, load_model, render_frames, split_plan
-
-    layout = DatasetLayout.of(source)
-    model = load_model(model_path, None, device)
-    clip = load_clip(layout.root, split, model.audio_extractor, n_views=n_views if split == "train" else -1)
-    plan = split_plan(clip)
-    items = torch.from_numpy(np.asarray(clip.features))
+    layout, model, plan, items = load_split(source, model_path, split, n_views, device)
     backgrounds = Backgrounds(layout, (plan.cameras[0].height, plan.cameras[0].width))
     sums = {r: 0.0 for r in REGIONS}
     counts = {r: 0 for r in REGIONS}
@@ -60,14 +53,8 @@ def error_by_region(source: str, model_path: str, split: str, n_views: int, ever
         for k in range(0, len(plan), max(1, every)):
             pred = next(render_frames(model, plan, items, backgrounds, dilate, batch=1, start=k, stop=k + 1))
             index = int(plan.background_index[k])
-            gt_bgr = cv2.imread(str(layout.gt_image(index)))
-            if gt_bgr is None:
-                raise InstagError(f"cannot read ground-truth frame {layout.gt_image(index)}; re-run preprocessing")
-            gt = gt_bgr[:, :, ::-1].astype(np.float64)
-            masks = read_masks(layout, index)
-            if gt.shape[:2] != pred.shape[:2]:
-                gt = cv2.resize(gt, (pred.shape[1], pred.shape[0]), interpolation=cv2.INTER_AREA)
-                masks = cv2.resize(masks, (pred.shape[1], pred.shape[0]), interpolation=cv2.INTER_NEAREST)
+            gt = read_ground_truth(layout, index, pred.shape[:2])[:, :, ::-1].astype(np.float64)
+            masks = resize_to(read_masks(layout, index), pred.shape[:2], nearest=True)
             se = ((pred.astype(np.float64) - gt) ** 2).mean(-1)
             for name, m in region_masks(masks).items():
                 sums[name] += float(se[m].sum())

@@ -146,7 +146,9 @@ def training_size(native: tuple[int, int], max_side: int | None) -> tuple[int, i
     return max(2, int(round(h * s / 2)) * 2), max(2, int(round(w * s / 2)) * 2)
 
 
-def _lip_targets(layout: DatasetLayout, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def lip_targets(layout: DatasetLayout, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame of ``indices``: the 40 lip landmarks, mean-centred, over the inter-ocular distance, centred over
+    the clip and scaled ×10 (``[n, 80]``, the lip-head regression target), and whether the frame has them."""
     from instag.metrics.lips import EYE_OUTER_LEFT, EYE_OUTER_RIGHT, LIP_INDICES
 
     n = len(indices)
@@ -250,7 +252,7 @@ def load_clip(
         au25 = opening.copy()
     p95 = float(np.percentile(au25, 95)) if len(au25) else 0.0
     au25 = np.clip(au25, 0, max(p95, 1e-6))
-    lip_target, lip_valid = _lip_targets(layout, indices)
+    lip_target, lip_valid = lip_targets(layout, indices)
     lip_anchor, lip_flow, flow_ok = _lip_flow(layout, frames, size, native)
     if flow_ok is not None:
         lip_valid &= flow_ok
@@ -279,7 +281,8 @@ def _imread(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     return img
 
 
-def _resize(img: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+def resize_to(img: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """``img`` at ``size`` (H, W): area-averaged, or nearest-neighbour for labels and masks; unchanged when it fits."""
     if img.shape[:2] == size:
         return img
     interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
@@ -368,9 +371,9 @@ class FrameDataset(torch.utils.data.Dataset):
         if masks.shape != native:
             raise InstagError(f"{layout.parsing(index)} is {masks.shape[1]}x{masks.shape[0]} but frame {index} is {native[1]}x{native[0]}; re-run preprocessing")
         out = {
-            "image": torch.from_numpy(np.ascontiguousarray(_resize(image, size)[..., ::-1].transpose(2, 0, 1))),
-            "background": torch.from_numpy(np.ascontiguousarray(_resize(background, size)[..., ::-1].transpose(2, 0, 1))),
-            "masks": torch.from_numpy(_resize(masks, size, nearest=True)),
+            "image": torch.from_numpy(np.ascontiguousarray(resize_to(image, size)[..., ::-1].transpose(2, 0, 1))),
+            "background": torch.from_numpy(np.ascontiguousarray(resize_to(background, size)[..., ::-1].transpose(2, 0, 1))),
+            "masks": torch.from_numpy(resize_to(masks, size, nearest=True)),
         }
         if self.with_priors:
             out.update(self._load_priors(clip, index, size))
@@ -381,10 +384,10 @@ class FrameDataset(torch.utils.data.Dataset):
         normal = np.zeros((3,) + size, np.float32)
         if clip.depth_dir is not None and (clip.depth_dir / f"{index}.npy").exists():
             d = load_npy(clip.depth_dir / f"{index}.npy", PRIOR_HINT).astype(np.float32)
-            depth = _resize(np.nan_to_num(d), size, nearest=True)
+            depth = resize_to(np.nan_to_num(d), size, nearest=True)
         if clip.normal_dir is not None and (clip.normal_dir / f"{index}.npy").exists():
             n = np.nan_to_num(load_npy(clip.normal_dir / f"{index}.npy", PRIOR_HINT).astype(np.float32))
-            n = _resize(n, size, nearest=True)
+            n = resize_to(n, size, nearest=True)
             if clip.sapiens:  # Sapiens normals: y up, z toward the viewer -> OpenCV camera axes
                 n = n * np.array([1.0, -1.0, -1.0], np.float32)
             normal = n.transpose(2, 0, 1)

@@ -163,6 +163,33 @@ def _device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def load_split(source_path: str | Path, model_path: str | Path, split: str = "val", n_views: int = -1,
+               device: str | None = None):
+    """What scoring a model on a split needs: ``(layout, model, plan, items)``, the split being "val" or the
+    first ``n_views`` frames of "train" (``items``: the clip's audio items ``[T,C,W]``)."""
+    from instag.data.dataset import load_clip
+    from instag.infer.synthesize import load_model, split_plan
+
+    if split not in ("val", "train"):
+        raise InstagError(f"split {split!r}: expected val or train")
+    layout = DatasetLayout.of(source_path)
+    model = load_model(model_path, None, device)
+    clip = load_clip(layout.root, split, model.audio_extractor, n_views=n_views if split == "train" else -1)
+    return layout, model, split_plan(clip), torch.from_numpy(np.asarray(clip.features))
+
+
+def read_ground_truth(layout: DatasetLayout, index: int, size: tuple[int, int]) -> np.ndarray:
+    """Ground-truth frame ``index`` (``gt_imgs``) as BGR uint8, resized to ``size`` (H, W) when it differs."""
+    import cv2
+
+    from instag.data.dataset import resize_to
+
+    gt = cv2.imread(str(layout.gt_image(index)))
+    if gt is None:
+        raise InstagError(f"cannot read ground-truth frame {layout.gt_image(index)}; re-run preprocessing")
+    return resize_to(gt, tuple(size))
+
+
 def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: bool = False, static: bool = True,
                    batch: int = 8, device: str | None = None, out_dir: str | Path | None = None, split: str = "val",
                    n_views: int = -1, log=print) -> dict:
@@ -172,21 +199,14 @@ def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: b
 
     Returns ``{"ours": {...}, "static": {...} | None, "notes": [...], "paths": {...}, ...}``.
     """
-    from instag.data.dataset import load_clip
-    from instag.infer.synthesize import Backgrounds, load_model, render_frames, split_plan
+    from instag.infer.synthesize import Backgrounds, render_frames
     from instag.io.atomic import write_image
     from instag.io.encode import VideoWriter, ffmpeg_exe, mux_audio
     from instag.io.wav import load_audio_16k_mono, write_wav
 
     t_start = time.perf_counter()
-    layout = DatasetLayout.of(source_path)
-    model = load_model(model_path, None, device)
+    layout, model, plan, items = load_split(source_path, model_path, split, n_views, device)
     dev = str(model.device)
-    if split not in ("val", "train"):
-        raise InstagError(f"split {split!r}: expected val or train")
-    clip = load_clip(layout.root, split, model.audio_extractor, n_views=n_views if split == "train" else -1)
-    plan = split_plan(clip)
-    items = torch.from_numpy(np.asarray(clip.features))
     out_dir = Path(out_dir) if out_dir else Path(model_path) / ("test" if split == "val" else "train") / "ours_None"
     renders = out_dir / "renders"
     renders.mkdir(parents=True, exist_ok=True)
@@ -219,12 +239,8 @@ def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: b
                 pred = next(ours_frames)
                 spred = next(static_frames) if static_frames is not None else None
                 render_time += time.perf_counter() - t
-                gt_bgr = cv2.imread(str(layout.gt_image(index)))
-                if gt_bgr is None:
-                    raise InstagError(f"cannot read ground-truth frame {layout.gt_image(index)}; re-run preprocessing")
+                gt_bgr = read_ground_truth(layout, index, pred.shape[:2])
                 gt = np.ascontiguousarray(gt_bgr[:, :, ::-1])
-                if gt.shape[:2] != pred.shape[:2]:
-                    gt = cv2.resize(gt, (pred.shape[1], pred.shape[0]), interpolation=cv2.INTER_AREA)
                 gt_lm = detector(gt)
                 gt_landmarks.append(np.full((478, 3), np.nan) if gt_lm is None else np.asarray(gt_lm, np.float64))
                 ours.add(pred, gt, detector(pred), gt_lm)
