@@ -321,6 +321,24 @@ if os.environ.get("INSTAG_FAIL_IMWRITE"):  # OpenCV reports a failed write by re
 
 
 # Code run before the CLI so that the loss becomes NaN from the INSTAG_NAN_FROM-th photometric loss on.
+KILL_AFTER_RENAME = """
+import json, os, signal
+_replace_for_kill = os.replace
+_kill_name, _kill_iteration = os.environ["INSTAG_KILL_AFTER"].split("@")
+def replace(src, dst, *a, **k):
+    out = _replace_for_kill(src, dst, *a, **k)
+    if os.path.basename(str(dst)) == _kill_name:
+        try:
+            reached = str(json.loads(open(dst, encoding="utf-8").read()).get("iteration"))
+        except ValueError:
+            reached = None
+        if reached == _kill_iteration:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return out
+os.replace = replace
+"""
+
+
 NAN_LOSS = """
 import os
 import instag.train.losses as _losses
@@ -342,13 +360,15 @@ def cli_env() -> dict[str, str]:
 
 
 def run_cli(*args: str, fail_writes_after: int | None = None, fail_images_after: int | None = None,
-            nan_from: int | None = None, wrapper: str | None = None, timeout: float = 300,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
+            nan_from: int | None = None, kill_after: str | None = None, wrapper: str | None = None,
+            timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m instag <args>`` (or ``python <wrapper> <args>``) and capture its output.
 
     ``fail_writes_after``: renames and opens for writing fail with ENOSPC after that many renames;
     ``fail_images_after``: ``cv2.imwrite`` fails (returns False) after that many images;
-    ``nan_from``: the training loss is NaN from that call of the photometric loss on.
+    ``nan_from``: the training loss is NaN from that call of the photometric loss on;
+    ``kill_after``: ``"NAME@ITERATION"``: the run SIGKILLs itself right after it renames a JSON file
+    called NAME into place whose ``iteration`` is ITERATION (a kill at an exact checkpoint boundary).
     """
     env = cli_env()
     prelude = ""
@@ -361,6 +381,9 @@ def run_cli(*args: str, fail_writes_after: int | None = None, fail_images_after:
     if nan_from is not None:
         env["INSTAG_NAN_FROM"] = str(nan_from)
         prelude += NAN_LOSS
+    if kill_after is not None:
+        env["INSTAG_KILL_AFTER"] = kill_after
+        prelude += KILL_AFTER_RENAME
     if prelude:
         target = f"import runpy, sys; sys.argv = {[wrapper or 'instag', *args]!r}; " + (
             f"runpy.run_path({str(REPO / wrapper)!r}, run_name='__main__')" if wrapper else "runpy.run_module('instag', run_name='__main__')"

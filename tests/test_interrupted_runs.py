@@ -152,3 +152,64 @@ def test_resume_from_a_damaged_state_is_refused_clearly(tmp_path):
         else:
             corrupt(copy / target)
         one_line_error(run_cli(*common, "-M", str(copy), "--resume"), target)
+
+
+def _state_iteration(folder: Path, stem: str) -> int:
+    return json.loads((folder / f"{stem}.json").read_text())["iteration"]
+
+
+def test_training_killed_at_every_stage_boundary_resumes(tmp_path):
+    """Deterministic kills at each boundary a random kill can hit: right after a stage's last state
+    checkpoint (before its products are written), between stages, and after the last stage."""
+    clip = synthetic_dataset(tmp_path / "data" / "clip", size=16, n_train=8, n_val=2)
+    pre = pretrained(tmp_path / "pretrain")
+    common = ["adapt", "-S", str(clip.root), "--pretrain_path", str(pre), *ADAPT]
+    totals = {"face": 30, "mouth": 12, "fuse": 6}
+    for stage, total in totals.items():
+        # killed right after train_<stage>.json reached the stage's last iteration
+        out = tmp_path / f"last_state_{stage}"
+        killed = run_cli(*common, "-M", str(out), "--evaluate", "false", kill_after=f"train_{stage}.json@{total}")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert _state_iteration(out, f"train_{stage}") == total
+        proc = run_cli(*common, "-M", str(out), "--evaluate", "false", "--resume")
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+        for name, n in totals.items():
+            assert _state_iteration(out, f"chkpnt_{name}_latest") == n, (stage, name)
+        log = json.loads((out / "adapt_log.json").read_text())
+        assert [log["stages"][s]["reached"] for s in totals] == list(totals.values()), log["stages"]
+
+    # killed between stages: the face products are complete, the mouth stage has not begun
+    out = tmp_path / "between"
+    killed = run_cli(*common, "-M", str(out), "--evaluate", "false", kill_after="chkpnt_face_latest.json@30")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "train_mouth.json").exists()
+    proc = run_cli(*common, "-M", str(out), "--evaluate", "false", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "face stage already complete" in proc.stdout + proc.stderr
+    assert _state_iteration(out, "chkpnt_fuse_latest") == 6
+
+    # killed after the last stage's products, before the evaluation: a resume only evaluates
+    out = tmp_path / "after_last"
+    killed = run_cli(*common, "-M", str(out), kill_after="chkpnt_fuse_latest.json@6")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    proc = run_cli(*common, "-M", str(out), "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "fuse stage already complete" in proc.stdout + proc.stderr
+    assert _metrics(out)["psnr"] > 0
+
+
+def test_pretraining_killed_at_its_stage_boundaries_resumes(tmp_path):
+    clips = [synthetic_dataset(tmp_path / "data" / name, size=16, n_train=6, n_val=0, seed=k)
+             for k, name in enumerate(("a", "b"))]
+    common = ["pretrain", "-S", str(clips[0].root.parent), "--preset", "tiny", "--iterations", "12",
+              "--mouth_iterations", "6", "--device", "cpu", "--quiet", "--workers", "0", "--audio_extractor", "mel"]
+    for stem, total in (("train_pretrain_face.json", 12), ("train_pretrain_mouth.json", 6)):
+        out = tmp_path / stem.split(".")[0]
+        killed = run_cli(*common, "-M", str(out), kill_after=f"{stem}@{total}")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        proc = run_cli(*common, "-M", str(out), "--resume")
+        assert proc.returncode == 0, proc.stderr
+        assert "internal error" not in proc.stderr, proc.stderr
+        for stage, n in (("face", 12), ("mouth", 6)):
+            assert json.loads((out / f"chkpnt_ema_{stage}_latest.json").read_text())["iteration"] == n, (stem, stage)

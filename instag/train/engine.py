@@ -572,6 +572,7 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
+        self.time_data = self.time_step = 0.0
         if start >= cfg.iterations:
             return start
         last_good = "none (no checkpoint was written yet)"
@@ -583,7 +584,6 @@ class Trainer:
         bar = tqdm(range(start + 1, cfg.iterations + 1), desc=f"{cfg.mode} {cfg.stage}", disable=not progress, file=sys.stderr, mininterval=2.0)
         it = start
         window_start = start + 1
-        self.time_data = self.time_step = 0.0
         for it in bar:
             t_a = time.perf_counter()
             sample = next(loader)

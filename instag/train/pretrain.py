@@ -24,7 +24,7 @@ from instag.errors import InstagError
 from instag.io.atomic import remove_stale_temporaries, write_json
 from instag.model.motion import UniversalFaceField, UniversalMouthField
 from instag.model.talking_head import TalkingHead
-from instag.train.checkpoint import read_checkpoint, save_universal, unprefixed
+from instag.train.checkpoint import read_checkpoint, save_universal, universal_stem, unprefixed
 from instag.train.config import stage_config
 from instag.train.engine import Identity, restore_models
 from instag.train.run import (
@@ -152,7 +152,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> int:
                 ema = unprefixed("ema.", tensors)
                 if ema:  # the hook uses the EMA face field, as adaptation will
                     face_field.load_state_dict(ema)
-        elif cfg.resume and stage_done(out, stem, scfg.iterations):
+        elif cfg.resume and stage_done(out, stem, scfg.iterations) and stage_done(out, universal_stem(stage), scfg.iterations):
             log(f"instag pretrain: face stage already complete in {out}")
             continue
 

@@ -188,6 +188,14 @@ def run_stage(
         return str(path)
 
     t0 = time.time()
+    if start >= cfg.iterations:
+        # killed after the stage's last state was written but maybe before its products were:
+        # write them again from that state, so the next stage reads the finished stage
+        on_save(trainer, start)
+        logger.close()
+        print(f"instag: {cfg.mode} {cfg.stage} had reached its last iteration ({start}); wrote its products again",
+              file=sys.stderr)
+        return StageResult(start, True, 0.0, logger.history, start, logger.photo_history, trainer.notes), trainer
     last = trainer.run(start, save=save, save_seconds=save_seconds, stop_after_seconds=stop_after, progress=progress)
     logger.close()
     done = max(1, last - start)
