@@ -41,23 +41,22 @@ LOUDNESS_LAGS = 3
 class ClipData:
     """One processed clip: audio items, lip targets, mouth opening, loudness and its recorded A/V offset."""
 
-    def __init__(self, root: Path, extractor: str):
-        from instag.audio.windows import load_features
+    def __init__(self, root: Path, features: str):
         from instag.data.dataset import lip_targets
         from instag.io.safe_load import load_npy
         from instag.io.wav import read_wav, to_mono
         from instag.metrics.lips import mouth_opening
-        from instag.preprocess.av_sync import speech_envelope
+        from instag.audio.activity import speech_envelope
         from instag.preprocess.pipeline import load_meta
 
         self.layout = layout = DatasetLayout.of(root)
         self.name = layout.name
-        for path in (layout.landmarks, layout.audio_wav, layout.audio_features(extractor)):
+        for path in (layout.landmarks, layout.audio_wav):
             if not path.exists():
                 raise InstagError(f"{path}: missing; preprocess {root} first (instag process --task 1, 3, 7, 2)")
         lm = load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)")
         self.num = len(lm)
-        self.items = torch.from_numpy(load_features(layout.audio_features(extractor), extractor, self.num))
+        self.items = torch.from_numpy(feature_items(layout, features, self.num))
         self.target, self.valid = (torch.from_numpy(a) for a in lip_targets(layout, list(range(self.num))))
         self.opening = np.asarray(mouth_opening(lm), np.float64)
         samples, _ = read_wav(layout.audio_wav)
@@ -82,6 +81,52 @@ class ClipData:
         return np.arange(max(0, self.num - TEST_FRAMES), self.num)
 
 
+_WHISPER = {}
+
+
+def whisper_states(layout: DatasetLayout, num: int) -> np.ndarray:
+    """Every hidden state of the Whisper encoder for the clip's audio: ``[num, 2, 7, 512]`` (two 50-Hz steps per frame)."""
+    from instag.audio.whisper import WhisperExtractor
+    from instag.io.wav import read_wav, to_mono
+
+    if "extractor" not in _WHISPER:
+        _WHISPER["extractor"] = WhisperExtractor(layers=tuple(range(7)))
+    key = (str(layout.root), num)
+    if key not in _WHISPER:
+        samples, _ = read_wav(layout.audio_wav)
+        pairs = _WHISPER["extractor"].extract(to_mono(samples), num)  # [num, 2, 7 * 512]
+        _WHISPER[key] = pairs.reshape(num, 2, 7, 512)
+    return _WHISPER[key]
+
+
+def feature_items(layout: DatasetLayout, features: str, num: int) -> np.ndarray:
+    """Network-layout items ``[num, C, W]`` for a feature spec: an extractor's file (``mel``, ``hubert``, ...),
+    ``whisper:L`` (layer L; ``whisper:2+3`` layers side by side; ``whisper:mean2-4`` their average), or
+    ``whisper:L+mel`` (layer L at the mel's 16 taps of 50-Hz steps, beside the mel bands)."""
+    from instag.audio.windows import load_features
+
+    if not features.startswith("whisper:"):
+        return load_features(layout.audio_features(features), features, num)
+    spec = features.split(":", 1)[1]
+    with_mel = spec.endswith("+mel")
+    spec = spec.removesuffix("+mel")
+    states = whisper_states(layout, num)
+    if spec.startswith("mean"):
+        lo, hi = (int(v) for v in spec[4:].split("-"))
+        chosen = states[:, :, lo : hi + 1].mean(axis=2)
+    else:
+        chosen = np.concatenate([states[:, :, int(k)] for k in spec.split("+")], axis=-1)  # [num, 2, C]
+    if not with_mel:
+        return np.ascontiguousarray(chosen.transpose(0, 2, 1), dtype=np.float32)
+    from instag.audio.mel import HALF
+
+    mel = load_features(layout.audio_features("mel"), "mel", num)  # [num, 80, 16]: steps 2i-8 .. 2i+7
+    steps = chosen.reshape(num * 2, -1)
+    idx = np.clip(2 * np.arange(num)[:, None] + np.arange(-HALF, HALF)[None], 0, len(steps) - 1)
+    taps = steps[idx].transpose(0, 2, 1)  # [num, C, 16]
+    return np.ascontiguousarray(np.concatenate([taps, mel], axis=1), dtype=np.float32)
+
+
 def loudness_baseline(clip: ClipData) -> tuple[float, float, int]:
     """(correlation at lag 0, best correlation within +-LOUDNESS_LAGS, that lag) of loudness with opening."""
     frames = clip.test_frames()
@@ -93,8 +138,8 @@ def loudness_baseline(clip: ClipData) -> tuple[float, float, int]:
     return by_lag[0], by_lag[best], best
 
 
-def person_ridge(clip: ClipData, n_train: int, lags: int = 3, lambdas=(1.0, 10.0, 100.0, 1e3, 1e4), folds: int = 5) -> tuple[float, float]:
-    """(held-out correlation, chosen lambda) of a ridge regression from the clip's own audio items to its mouth
+def person_ridge(clip: ClipData, n_train: int, lags: int = 3, lambdas=(1.0, 10.0, 100.0, 1e3, 1e4, 1e5), folds: int = 5) -> tuple[float, float, float]:
+    """(held-out correlation, std ratio of predicted to observed opening, chosen lambda) of a ridge regression from the clip's own audio items to its mouth
     opening, fitted on its first ``n_train`` frames as adaptation sees them. Features: each item averaged over the
     central half of its time axis (the AVE vector as it is), frames t-lags..t+lags side by side, standardised on the
     training frames. Lambda is chosen by contiguous ``folds``-fold cross-validation inside the training frames only."""
@@ -123,7 +168,14 @@ def person_ridge(clip: ClipData, n_train: int, lags: int = 3, lambdas=(1.0, 10.0
         cv = [pearson(fit_predict(np.setdiff1d(train, b), b, lam), clip.opening[b]) for b in blocks if len(b) > 2]
         scores[lam] = float(np.mean(cv)) if cv else 0.0
     best = max(scores, key=scores.get)
-    return pearson(fit_predict(train, test, best), clip.opening[test]), best
+    pred = fit_predict(train, test, best)
+    return pearson(pred, clip.opening[test]), std_ratio(pred, clip.opening[test]), best
+
+
+def std_ratio(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Spread of the predicted opening over that of the observed one (DESIGN's mouth_amp)."""
+    sd = float(np.std(truth))
+    return float(np.std(pred)) / sd if sd > 0 else 0.0
 
 
 def train_and_predict(train: list[ClipData], evals: list[ClipData], item_shape, steps: int, batch: int, lr: float,
@@ -158,19 +210,19 @@ def train_and_predict(train: list[ClipData], evals: list[ClipData], item_shape, 
         for clip in evals:
             frames = clip.test_frames()
             pred = head(encoder(frame_windows(clip.items, torch.from_numpy(frames)))).numpy().reshape(len(frames), -1, 2)
-            out[clip.name] = pearson(pred[:, lower, 1] - pred[:, upper, 1], clip.opening[frames])
+            opening = (pred[:, lower, 1] - pred[:, upper, 1]) / 10.0  # lip targets are x10 inter-ocular units
+            out[clip.name] = (pearson(opening, clip.opening[frames]), std_ratio(opening, clip.opening[frames]))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from instag.audio.registry import get_extractor
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", required=True, help="folder of processed training clips (data/pretrain)")
     ap.add_argument("--eval", nargs="+", required=True, help="processed evaluation clips (data/<ID>)")
-    ap.add_argument("--audio_extractor", default="mel")
+    ap.add_argument("--audio_extractor", nargs="+", default=["mel"],
+                    help="feature specs: extractor names (their files) and whisper:L, whisper:2+3, whisper:mean2-4, whisper:L+mel")
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -192,45 +244,61 @@ def main(argv: list[str] | None = None) -> int:
                       and DatasetLayout.of(d).landmarks.exists())
         if not dirs:
             raise InstagError(f"{root}: no processed clips (landmarks.npy) in it")
-        train = [ClipData(d, args.audio_extractor) for d in dirs]
-        evals = [ClipData(Path(p), args.audio_extractor) for p in args.eval]
     except InstagError as err:
         print(f"bench/audio_lips.py: {err}", file=sys.stderr)
         return 1
-    item_shape = tuple(get_extractor(args.audio_extractor).item_shape)
     rows = []
-    for clip in evals:
-        lag0, best, lag = loudness_baseline(clip)
-        rows.append({"predictor": "loudness, lag 0", "clip": clip.name, "corr": lag0})
-        rows.append({"predictor": f"loudness, best lag ({lag:+d})", "clip": clip.name, "corr": best})
+    for k, features in enumerate(args.audio_extractor):
+        try:
+            train = [ClipData(d, features) for d in dirs]
+            evals = [ClipData(Path(p), features) for p in args.eval]
+        except InstagError as err:
+            print(f"bench/audio_lips.py: {err}", file=sys.stderr)
+            return 1
+        if k == 0:
+            for clip in evals:
+                lag0, best, lag = loudness_baseline(clip)
+                rows.append({"features": "-", "predictor": "loudness, lag 0", "clip": clip.name, "corr": lag0})
+                rows.append({"features": "-", "predictor": f"loudness, best lag ({lag:+d})", "clip": clip.name, "corr": best})
+        status = bench_features(args, features, train, evals, rows)
+        if status:
+            return status
+    result = {"features": args.audio_extractor, "train_clips": [c.name for c in train],
+              "train_frames": int(sum(int(c.valid.sum()) for c in train)), "steps": args.steps, "batch": args.batch,
+              "offsets_applied_in_variant": {c.name: c.offset for c in train if c.shift(True)}, "rows": rows}
+    print(table(rows, ["features", "predictor", "clip", "corr", "amp", "min", "max", "seeds", "lambda"]))
+    print(f"{len(train)} training clips, {result['train_frames']} frames; validation frames of each evaluation clip; "
+          "amp: std of the predicted opening over the observed one")
+    write_json(Path(args.out), result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def bench_features(args, features: str, train: list[ClipData], evals: list[ClipData], rows: list[dict]) -> int:
+    """Add the rows of one feature spec: the per-person ridge (``--person_frames``) and the corpus-trained encoder."""
+    item_shape = tuple(train[0].items.shape[1:])
     if args.person_frames:
         counts = args.person_frames * len(evals) if len(args.person_frames) == 1 else args.person_frames
         if len(counts) != len(evals):
             print(f"bench/audio_lips.py: --person_frames takes one N or one per --eval clip ({len(evals)})", file=sys.stderr)
             return 1
         for clip, n in zip(evals, counts):
-            corr, lam = person_ridge(clip, n)
-            rows.append({"predictor": f"ridge on its own first {n} frames", "clip": clip.name, "corr": corr, "lambda": lam})
+            corr, amp, lam = person_ridge(clip, n)
+            rows.append({"features": features, "predictor": f"ridge on its own first {n} frames", "clip": clip.name,
+                         "corr": corr, "amp": amp, "lambda": lam})
     variants = [False, True] if args.offsets else [False]
     for use_offsets in variants:
-        label = "audio encoder" + (", offsets applied" if use_offsets else "")
+        label = "audio encoder, corpus-trained" + (", offsets applied" if use_offsets else "")
         per_seed = []
         for seed in args.seeds:
             t0 = time.time()
             per_seed.append(train_and_predict(train, evals, item_shape, args.steps, args.batch, args.lr, seed, use_offsets))
-            print(f"{label}, seed {seed}: {per_seed[-1]} ({time.time() - t0:.0f} s)", flush=True)
+            print(f"{features}: {label}, seed {seed}: {per_seed[-1]} ({time.time() - t0:.0f} s)", flush=True)
         for clip in evals:
-            values = [r[clip.name] for r in per_seed]
-            rows.append({"predictor": label, "clip": clip.name, "corr": float(np.mean(values)),
+            values = [r[clip.name][0] for r in per_seed]
+            rows.append({"features": features, "predictor": label, "clip": clip.name, "corr": float(np.mean(values)),
+                         "amp": float(np.mean([r[clip.name][1] for r in per_seed])),
                          "min": float(np.min(values)), "max": float(np.max(values)), "seeds": len(values)})
-    shifted = {c.name: c.offset for c in train if c.shift(True)}
-    result = {"extractor": args.audio_extractor, "train_clips": [c.name for c in train],
-              "train_frames": int(sum(int(c.valid.sum()) for c in train)), "steps": args.steps, "batch": args.batch,
-              "offsets_applied_in_variant": shifted, "rows": rows}
-    print(table(rows, ["predictor", "clip", "corr", "min", "max", "seeds", "lambda"]))
-    print(f"{len(train)} training clips, {result['train_frames']} frames; validation frames of each evaluation clip")
-    write_json(Path(args.out), result)
-    print(f"wrote {args.out}")
     return 0
 
 

@@ -20,15 +20,17 @@ def test_audio_lips_learns_the_opening_of_an_unseen_clip(tmp_path):
     out = tmp_path / "audio_lips.json"
     proc = subprocess.run([sys.executable, SCRIPT, "--train", str(tmp_path / "pretrain"), "--eval", str(held_out),
                            "--steps", "300", "--batch", "64", "--seeds", "0", "--offsets", "--threads", "1", "--person_frames", "20",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+                           "--audio_extractor", "mel", "whisper:3", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    rows = {(r["predictor"], r["clip"]): r for r in json.loads(out.read_text())["rows"]}
-    learned = rows[("audio encoder", "new")]
-    assert learned["seeds"] == 1 and learned["corr"] > 0.8, learned  # the synthetic mouth follows the loudness
-    assert ("audio encoder, offsets applied", "new") in rows and ("loudness, lag 0", "new") in rows
+    rows = {(r["features"], r["predictor"], r["clip"]): r for r in json.loads(out.read_text())["rows"]}
+    for features in ("mel", "whisper:3"):
+        learned = rows[(features, "audio encoder, corpus-trained", "new")]
+        assert learned["seeds"] == 1 and learned["corr"] > 0.6 and learned["amp"] > 0, learned  # the synthetic mouth follows the loudness
+        assert (features, "audio encoder, corpus-trained, offsets applied", "new") in rows
+        own = rows[(features, "ridge on its own first 20 frames", "new")]
+        assert own["corr"] > 0.5 and own["lambda"] > 0, own  # 20 frames of the clip itself already carry the mapping
+    assert ("-", "loudness, lag 0", "new") in rows
     assert "audio encoder" in proc.stdout and "corr" in proc.stdout
-    own = rows[("ridge on its own first 20 frames", "new")]
-    assert own["corr"] > 0.5 and own["lambda"] > 0, own  # 20 frames of the clip itself already carry the mapping
     bad = subprocess.run([sys.executable, SCRIPT, "--train", str(tmp_path / "pretrain"), "--eval", str(held_out),
                           "--person_frames", "20", "30", "--seeds", "0", "--steps", "1", "--out", str(out)],
                          capture_output=True, text=True, timeout=300)

@@ -21,7 +21,7 @@ import pytest
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video"
 CLIPS = {"face2": DATA / "retalking_face2.mp4", "grid": DATA / "grid" / "grid_bbaf2n.mpg", "may": DATA / "r3dp_may_5s.mp4"}
 SECONDS = 1.6
-CACHE = Path(tempfile.gettempdir()) / "instag-e2e-cache-v1"
+CACHE = Path(tempfile.gettempdir()) / "instag-e2e-cache-v2"
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def _processed(name: str) -> Path:
     from instag.preprocess.pipeline import main as process_main
 
     root = CACHE / name
-    if (root / "transforms_val.json").exists() and (root / "aud_mel.npy").exists():
+    if (root / "transforms_val.json").exists() and (root / "aud_wh.npy").exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
     video = root / f"{name}.mp4"
@@ -97,7 +97,7 @@ def _falls(history: list) -> bool:
 def test_pretraining_writes_checkpoints_and_loss_falls(pretrained):
     for field in ("face", "mouth"):
         meta = json.loads((pretrained / f"chkpnt_ema_{field}_latest.json").read_text())
-        assert meta["audio_extractor"] == "mel" and (pretrained / f"chkpnt_ema_{field}_latest.safetensors").exists()
+        assert meta["audio_extractor"] == "whisper" and (pretrained / f"chkpnt_ema_{field}_latest.safetensors").exists()
     log = json.loads((pretrained / "pretrain_log.json").read_text())
     assert log["identities"] == ["face2", "grid"]
     assert _falls(log["stages"]["face"]["loss_history"])

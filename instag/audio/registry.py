@@ -19,6 +19,7 @@ from instag.errors import InstagError
 
 # name -> (module, class); imported on demand so optional dependencies stay optional
 EXTRACTORS: dict[str, tuple[str, str]] = {
+    "whisper": ("instag.audio.whisper", "WhisperExtractor"),
     "mel": ("instag.audio.mel", "MelExtractor"),
     "deepspeech": ("instag.audio.deepspeech", "DeepSpeechExtractor"),
     "esperanto": ("instag.audio.wav2vec", "EsperantoExtractor"),
@@ -28,6 +29,7 @@ EXTRACTORS: dict[str, tuple[str, str]] = {
 
 # per-frame item fed to the network (C, W), and as stored in the file (W, C)
 ITEM_SHAPES: dict[str, tuple[int, int]] = {
+    "whisper": (512, 2),
     "mel": (80, 16),
     "deepspeech": (29, 16),
     "esperanto": (44, 16),

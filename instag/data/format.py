@@ -46,6 +46,7 @@ PARSING_BGR = {
 
 # Audio feature file per extractor and the per-frame item shape stored in it.
 AUDIO_FEATURE_FILES = {
+    "whisper": "aud_wh.npy",
     "mel": "aud_mel.npy",
     "deepspeech": "aud_ds.npy",
     "esperanto": "aud_eo.npy",

@@ -8,7 +8,10 @@ once or in 200-ms chunks, and a block is final as soon as its slice has arrived.
 equal :func:`instag.audio.mel.log_mel_windows` (up to float rounding) for the same level
 reference; streaming fixes the reference from its first audio, offline takes the whole clip's.
 
-Other extractors run over the whole clip (:func:`instag.audio.registry.get_extractor`).
+For ``whisper``, :class:`WhisperFeatureBuilder` encodes a bounded left context (the last 30 s of audio, the
+encoder's window) each time audio arrives; a frame's items are fixed once the audio up to the end of the next
+frame has arrived, so they see less right context than offline (the streaming benchmark reports how far they
+are from the offline ones). Other extractors run over the whole clip (:func:`instag.audio.registry.get_extractor`).
 """
 
 from __future__ import annotations
@@ -125,6 +128,76 @@ class MelFeatureBuilder:
         padded = torch.full((needed, melmod.N_MELS), melmod.SILENCE, dtype=torch.float32)
         padded[melmod.HALF : melmod.HALF + rows.shape[0]] = rows
         return padded.unfold(0, melmod.WINDOW, melmod.ROWS_PER_FRAME)[:upto].contiguous()  # [T, 80, 16]
+
+
+class WhisperFeatureBuilder:
+    """Incremental per-frame whisper items ``[T, C, 2]`` (network layout), the :class:`MelFeatureBuilder` interface.
+
+    Each computation encodes one window: the last 30 s of the audio received (from the start while shorter),
+    padded with silence as the encoder expects. Frame ``j``'s items become final once ``RIGHT_FRAMES`` frames
+    of audio after it have arrived; until then (and with ``provisional``) they are computed as if the audio
+    ended now. The log-mel floor follows the loudest bin heard so far.
+    """
+
+    RIGHT_FRAMES = 1
+
+    def __init__(self, extractor=None):
+        from instag.audio.registry import get_extractor
+
+        self.extractor = extractor if extractor is not None else get_extractor("whisper")
+        self.samples = np.zeros(0, np.float32)
+        self.finished = False
+        self.reference_db = None  # the mel level reference of MelFeatureBuilder: none here
+        self._ceiling: float | None = None
+        self._final: list[np.ndarray] = []  # per frame [2, C]
+
+    def push(self, samples: np.ndarray) -> None:
+        if self.finished:
+            raise InstagError("audio pushed after the end of the stream")
+        self.samples = np.concatenate([self.samples, np.asarray(samples, np.float32).reshape(-1)])
+
+    def finish(self) -> None:
+        self.finished = True
+
+    def total_frames(self) -> int | None:
+        return max(1, self.samples.shape[0] // SAMPLES_PER_FRAME) if self.finished else None
+
+    def ready_frames(self) -> int:
+        if self.finished:
+            return self.total_frames()
+        return max(0, self.samples.shape[0] // SAMPLES_PER_FRAME - self.RIGHT_FRAMES)
+
+    def _encode_tail(self, first: int, upto: int) -> np.ndarray:
+        """States of frames ``first .. upto-1`` ([n, 2, C]) from the window that ends at the audio received."""
+        from instag.audio.whisper import WINDOW_SECONDS
+
+        per_window = WINDOW_SECONDS * melmod.SAMPLE_RATE
+        start = max(0, self.samples.shape[0] - per_window)
+        start -= start % SAMPLES_PER_FRAME  # whole frames, so frame boundaries fall on encoder steps
+        start = min(start, first * SAMPLES_PER_FRAME)
+        piece = self.samples[start:]
+        _, ceiling = self.extractor.log_mel(piece)
+        self._ceiling = ceiling if self._ceiling is None else max(self._ceiling, ceiling)
+        states = self.extractor.hidden_states(piece, self._ceiling)
+        frames = states[: states.shape[0] // 2 * 2].reshape(-1, 2, states.shape[1])
+        offset = start // SAMPLES_PER_FRAME
+        out = np.zeros((upto - first, 2, states.shape[1]), np.float32)
+        have = frames[first - offset : upto - offset]
+        out[: len(have)] = have
+        if len(have) < len(out) and len(have):  # past the audio: repeat the last frame, as fit_length does
+            out[len(have) :] = have[-1]
+        return out
+
+    def items(self, upto: int, provisional: bool = False) -> torch.Tensor:
+        """Network-layout items ``[upto, C, 2]`` of frames ``0 .. upto-1``. Frames not final yet are always computed
+        as if the audio ended now, so ``provisional`` (the :class:`MelFeatureBuilder` interface) changes nothing."""
+        ready = self.ready_frames()
+        if len(self._final) < min(ready, upto):
+            self._final.extend(self._encode_tail(len(self._final), ready))
+        rows = self._final[:upto]
+        if len(rows) < upto:
+            rows = rows + list(self._encode_tail(len(rows), upto))
+        return torch.from_numpy(np.ascontiguousarray(np.stack(rows).transpose(0, 2, 1)))
 
 
 def mel_items(samples: np.ndarray, reference_db: float | None = None) -> tuple[torch.Tensor, float]:

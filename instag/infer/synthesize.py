@@ -18,8 +18,6 @@ adaptation's final evaluation) and streaming use it too.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import tempfile
 import time
@@ -278,11 +276,17 @@ class FullFrame:
 
 
 # ---------------------------------------------------------------------------------------- output
+def frames_contents(out_mp4: Path) -> str:
+    """What ``--save_frames`` puts in the folder beside ``out_mp4``, as error messages name it."""
+    return f"the frames of {out_mp4} (--save_frames)"
+
+
 def write_outputs(frames: Iterator[np.ndarray], out_mp4: Path, wav: Path | None, frames_dir: Path | None = None,
                   samples: np.ndarray | None = None) -> dict:
     """Encode ``frames`` to ``out_mp4`` and mux ``wav`` (or ``samples`` at 16 kHz) into it; times in seconds."""
     from instag.io.atomic import write_image
     from instag.io.encode import VideoWriter, ffmpeg_exe, mux_audio
+    from instag.io.folders import replace_folder
 
     times = {"render_encode": 0.0, "mux": 0.0}
     count = 0
@@ -315,8 +319,7 @@ def write_outputs(frames: Iterator[np.ndarray], out_mp4: Path, wav: Path | None,
             mux_audio(silent, wav, out_mp4)
             times["mux"] = time.perf_counter() - t1
         if frames_dir is not None and count:
-            shutil.rmtree(frames_dir, ignore_errors=True)
-            os.replace(staged_frames, frames_dir)
+            replace_folder(staged_frames, frames_dir, frames_contents(out_mp4))
     return {"frames": count, "muxed": can_mux, **times}
 
 
@@ -324,8 +327,13 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     """Run synthesis for ``cfg``; returns paths, frame count and timings."""
     from instag.data.dataset import load_clip
     from instag.infer.features import audio_items
+    from instag.io.folders import check_replaceable
 
     t_start = time.perf_counter()
+    out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}.mp4"
+    frames_dir = out.with_suffix("") if cfg.save_frames else None
+    if frames_dir is not None:  # before any work: a folder instag did not write is never replaced
+        check_replaceable(frames_dir, frames_contents(out))
     layout = DatasetLayout.of(cfg.source_path)
     model = load_model(cfg.model_path, cfg.audio_extractor, cfg.device)
     extractor = model.audio_extractor
@@ -338,9 +346,7 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     clip = load_clip(layout.root, "train", extractor)
     au = read_au_exp_csv(cfg.au_csv, num_frames) if cfg.au_csv else None
     plan = pingpong_plan(clip, num_frames, au, cfg.seed)
-    out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}.mp4"
     out.parent.mkdir(parents=True, exist_ok=True)
-    frames_dir = out.with_suffix("") if cfg.save_frames else None
     cam0 = plan.cameras[0]
     backgrounds = Backgrounds(layout, (cam0.height, cam0.width))
     paste = FullFrame(layout, sorted(set(plan.background_index))) if cfg.full_frame else None

@@ -6,6 +6,12 @@
 - **Mouth opening**: ``|p13 - p14| / |p33 - p263|`` (inner-lip gap over the outer-eye-corner distance).
 - **Mouth-opening correlation**: Pearson correlation of two opening series; 0 when either has no
   variance.
+- **mouth_amp**: standard deviation of the predicted opening over that of the ground truth on the same
+  frames (a muted mouth scores low even when its timing is right).
+- **closed_in_silence**: the share of the driving audio's silent frames (:mod:`instag.audio.activity`:
+  200 ms all 30 dB below the clip's loud speech) whose opening is below the clip's closed-mouth level;
+  that level is :func:`closed_level` of the person's own (ground-truth) openings: a quarter of the way
+  from their 5th to their 95th percentile.
 
 Landmarks are arrays [478, ≥2] (x = column, y = row, pixels) per frame, or [T, 478, ≥2].
 """
@@ -84,3 +90,36 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 def mouth_opening_correlation(pred_landmarks: np.ndarray, gt_landmarks: np.ndarray) -> float:
     """Pearson correlation of the mouth-opening series of two landmark sequences [T,478,≥2]."""
     return pearson(mouth_opening(pred_landmarks), mouth_opening(gt_landmarks))
+
+
+def mouth_amp(pred_opening: np.ndarray, gt_opening: np.ndarray) -> float:
+    """Std of the predicted opening over std of the ground truth, on the frames where both are finite (0 when
+    the ground truth does not move)."""
+    a, b = np.asarray(pred_opening, np.float64).ravel(), np.asarray(gt_opening, np.float64).ravel()
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 2:
+        return 0.0
+    sd = float(np.std(b[ok]))
+    return float(np.std(a[ok])) / sd if sd > 0 else 0.0
+
+
+def closed_level(openings: np.ndarray) -> float:
+    """The person's closed-mouth level from their own openings: 5th percentile + (95th - 5th) / 4; NaN if none."""
+    v = np.asarray(openings, np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan
+    lo, hi = np.percentile(v, [5, 95])
+    return float(lo + 0.25 * (hi - lo))
+
+
+def closed_in_silence(opening: np.ndarray, silent: np.ndarray, level: float) -> float:
+    """Share of the silent frames (``silent`` [T] bool) whose ``opening`` [T] is below ``level``; NaN when the audio
+    has no silent frame with a face."""
+    v = np.asarray(opening, np.float64).ravel()
+    s = np.asarray(silent, bool).ravel()[: v.size]
+    v = v[: s.size][s]
+    v = v[np.isfinite(v)]
+    if v.size == 0 or not math.isfinite(level):
+        return math.nan
+    return float((v < level).mean())

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from instag.audio.activity import speech_envelope
 from instag.errors import InstagError
 
 FPS = 25
 SAMPLE_RATE = 16000
 MAX_LAG = 15
-SPEECH_BAND = (250.0, 3500.0)
 LAG_PENALTY = 0.01
 # Below this confidence the estimate is a guess (short or noisy clips); report, don't correct.
 MIN_CONFIDENCE = 3.0
@@ -38,24 +38,6 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
     eyes = np.linalg.norm(lms[:, 33] - lms[:, 263], axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(eyes > 0, gap / eyes, np.nan)
-
-
-def speech_envelope(samples: np.ndarray, num_frames: int, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -> np.ndarray:
-    """Log energy of the speech band per video frame: [num_frames], frame i centred on time i/fps."""
-    x = np.asarray(samples, dtype=np.float64).reshape(-1)
-    hop = sample_rate / fps
-    win = int(round(2 * hop))  # 80 ms Hann window, 50 % overlap between frames
-    n_fft = 1 << (win - 1).bit_length()
-    centres = np.round(np.arange(num_frames) * hop).astype(np.int64)
-    padded = np.concatenate([np.zeros(win), x, np.zeros(win + n_fft)])
-    idx = centres[:, None] - win // 2 + np.arange(win)[None, :] + win
-    frames = padded[idx] * np.hanning(win)[None, :]
-    spec = np.abs(np.fft.rfft(frames, n_fft)) ** 2
-    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
-    band = (freqs >= SPEECH_BAND[0]) & (freqs <= SPEECH_BAND[1])
-    energy = spec[:, band].sum(axis=1)
-    floor = max(np.percentile(energy, 99) * 1e-4, 1e-12)  # 40 dB below loud speech counts as silence
-    return np.log(energy + floor)
 
 
 def _fill_gaps(values: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ task  name             writes
 1     audio            ``aud.wav`` (16 kHz mono)
 3     frames           ``ori_imgs/<i>.jpg`` (25 FPS, cropped around the face when needed), ``crop.json``
 7     landmarks        ``landmarks.npy`` [N,478,3], ``ori_imgs/<i>.lms`` (68 points)
-2     audio_features   audio-video offset check, then ``aud_mel.npy`` (or ``--audio_extractor``'s file)
+2     audio_features   audio-video offset check, then ``aud_wh.npy`` (whisper) (or ``--audio_extractor``'s file)
 4     parsing          ``parsing/<i>.png``
 5     background       ``bc.jpg``
 6     gt_torso         ``gt_imgs/<i>.jpg``, ``torso_imgs/<i>.png``
@@ -22,14 +22,19 @@ task  name             writes
 13    debug            ``debug/frame_<i>.png`` overlays
 ====  ===============  ===========================================================================
 
-A full run skips steps that ``meta.json`` records as done (and whose outputs exist) unless
-``--force``; once a step runs, every later step runs too. ``--task k`` (number or name) runs
-step k alone. A first run that fails on bad input removes everything it created.
+A full run skips steps that ``meta.json`` records as done (and whose outputs exist) for this very
+video (same size, content fingerprint and streams, not merely the same path) unless ``--force``;
+once a step runs, every later step runs too. ``--task k`` (number or name) runs step k alone.
+Another video in a processed folder is processed as new, after the files derived from the old one
+are removed (``au.csv`` only when it was estimated, never a user's OpenFace csv). One run at a time
+uses a folder, and a run that fails leaves it as it was (:func:`run`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 import sys
 import time
@@ -41,9 +46,10 @@ import numpy as np
 
 from instag.audio.registry import EXTRACTORS as AUDIO_EXTRACTORS
 from instag.config import parse
-from instag.data.format import AUDIO_SAMPLE_RATE, DatasetLayout
+from instag.data.format import AUDIO_FEATURE_FILES, AUDIO_SAMPLE_RATE, DatasetLayout
 from instag.errors import InstagError
-from instag.io.atomic import remove_stale_temporaries, write_json
+from instag.io import folders
+from instag.io.atomic import remove_stale_temporaries, write_bytes, write_json
 
 EXTRACTOR_CHOICES = tuple(AUDIO_EXTRACTORS)
 
@@ -59,7 +65,7 @@ class ProcessConfig:
                                                       "7 landmarks, 8 tracking, 9 transforms, 10 teeth, 11 au, 12 priors, "
                                                       "13 debug"})
     force: bool = field(default=False, metadata={"help": "redo steps already done"})
-    audio_extractor: str = field(default="mel", metadata={"help": "audio features to extract", "choices": EXTRACTOR_CHOICES})
+    audio_extractor: str = field(default="whisper", metadata={"help": "audio features to extract", "choices": EXTRACTOR_CHOICES})
     fix_av_offset: bool = field(default=False, metadata={"help": "shift aud.wav when the audio-video offset check finds "
                                                                  "more than one frame of offset"})
     tracker: str = field(default="landmarks", metadata={"help": "head tracker: landmark bundle adjustment, or upstream's "
@@ -227,7 +233,7 @@ def _au(ctx: Context) -> dict:
         table = au.read_au_csv(source)
         _check_au_rows(source, table, ctx.num_frames)
         if source.resolve() != target.resolve():
-            shutil.copyfile(source, target)
+            write_bytes(target, source.read_bytes())  # never written into: a snapshot links the old au.csv
         return {"source": "user", "path": str(source)}
     previous = ctx.meta.get("steps", {}).get("au", {})
     if target.exists() and previous.get("source") != "estimated":
@@ -332,9 +338,10 @@ def load_meta(layout: DatasetLayout) -> dict:
     if not layout.meta.exists():
         return {}
     try:
-        return json.loads(layout.meta.read_text(encoding="utf-8"))
+        meta = json.loads(layout.meta.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _positional(argv: list[str] | None) -> list[str]:
@@ -344,44 +351,130 @@ def _positional(argv: list[str] | None) -> list[str]:
     return args
 
 
+FINGERPRINT_BYTES = 1 << 20
+FILE_FACTS = ("bytes", "fingerprint")  # absent from meta.json files written before they were recorded
+
+
+def source_record(info, source: Path) -> dict:
+    """What ``meta.json`` records of the source video: its stream facts (:class:`VideoInfo`), its size in
+    bytes and a SHA-256 of its first and last MiB (a file replaced under the same name differs there)."""
+    size = source.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(source, "rb") as fh:
+        digest.update(fh.read(FINGERPRINT_BYTES))
+        if size > FINGERPRINT_BYTES:
+            fh.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+            digest.update(fh.read())
+    return {**info.as_dict(), "bytes": size, "fingerprint": digest.hexdigest()}
+
+
 def same_video(recorded: dict, current: dict, source: Path) -> bool:
-    """Whether ``meta.json``'s recorded source is the video being processed: the same path, or, for a processed
-    folder that was moved or copied, the same file name with the same size, rate, length and streams."""
-    old_path = Path(recorded.get("path", ""))
-    if old_path.resolve() == source.resolve():
-        return True
+    """Whether ``meta.json``'s recorded source is the video being processed: the same size, content
+    fingerprint and streams, wherever it lies (a processed folder may be moved or copied). A record
+    written before sizes and fingerprints were kept also needs the same path or file name."""
     facts = [k for k in current if k != "path"]
-    return old_path.name == source.name and bool(facts) and all(recorded.get(k) == current[k] for k in facts)
+    if any(recorded.get(k, current[k]) != current[k] for k in facts):
+        return False
+    streams = [k for k in facts if k not in FILE_FACTS]
+    if not streams or any(k not in recorded for k in streams):
+        return False
+    if all(k in recorded and k in current for k in FILE_FACTS):
+        return True
+    old_path = Path(recorded.get("path", ""))
+    return old_path.name == source.name or old_path.resolve() == source.resolve()
+
+
+def _refuse_stale_user_au(layout: DatasetLayout, cfg: ProcessConfig, old_meta: dict, source: Path) -> None:
+    """A user's OpenFace csv of the folder's previous video is neither deleted nor used for another video."""
+    if cfg.au_csv or not layout.au_csv.exists():
+        return
+    if old_meta.get("steps", {}).get("au", {}).get("source") == "user":
+        old = old_meta.get("source", {}).get("path", "another video")
+        raise InstagError(f"{layout.au_csv}: the OpenFace csv of {old}, which this folder was processed from, not of "
+                          f"{source}; move or delete it (or give this video's csv with --au_csv) and run again")
+
+
+PER_FRAME_FILE = re.compile(r"^(frame_)?[0-9]+\.[A-Za-z0-9]+$")
+
+
+def _remove_old_video_outputs(layout: DatasetLayout, old_meta: dict) -> int:
+    """Delete what the steps derived from the folder's previous video (the step table's whole-clip
+    files, its audio features and every per-frame file), so that nothing of it is mixed into the new
+    one; an au.csv is deleted only when we estimated it. Returns the number of files deleted."""
+    steps = old_meta.get("steps", {})
+    doomed = [p for step in STEPS if step.name != "au" for p in step.outputs(layout, 0)]
+    if steps.get("au", {}).get("source") == "estimated":
+        doomed.append(layout.au_csv)
+    feature_file = steps.get("audio_features", {}).get("file")
+    if feature_file in AUDIO_FEATURE_FILES.values():
+        doomed.append(layout.root / feature_file)
+    for folder in (layout.ori_dir, layout.parsing_dir, layout.gt_dir, layout.torso_dir, layout.teeth_dir,
+                   layout.depth_dir, layout.normal_dir, layout.debug_dir):
+        if folder.is_dir():
+            doomed += [p for p in folder.iterdir() if PER_FRAME_FILE.match(p.name) and p.is_file()]
+    count = 0
+    for path in doomed:
+        if path.is_file():
+            path.unlink()
+            count += 1
+    return count
 
 
 def run(cfg: ProcessConfig) -> dict:
-    """Run the pipeline for ``cfg``; return the meta record."""
+    """Run the pipeline for ``cfg``; return the meta record.
+
+    One run at a time per folder (:func:`instag.io.folders.locked`). A folder that holds anything but
+    the video is snapshotted before the first step changes it and put back as it was if the run fails
+    in any way (a killed run's snapshot is restored by the next run); a first run into a folder holding
+    at most the video removes what it created when it fails, and keeps its finished steps on Ctrl-C.
+    """
     from instag.io.video import probe
 
     source = Path(cfg.path)
     info = probe(source)  # refuses not-a-video, truncated headers and missing audio before anything is written
     root = Path(cfg.out) if cfg.out else source.parent
-    layout = DatasetLayout.of(root)
     fresh_root = not root.exists()
-    before = set(root.iterdir()) if root.exists() else set()
-    meta = load_meta(layout)
-    first_run = not meta
-    meta.setdefault("source", info.as_dict())
-    meta.setdefault("steps", {})
+    root.mkdir(parents=True, exist_ok=True)
+    with folders.locked(root):
+        return _run_locked(cfg, info, source, DatasetLayout.of(root), fresh_root)
+
+
+def _run_locked(cfg: ProcessConfig, info, source: Path, layout: DatasetLayout, fresh_root: bool) -> dict:
+    root = layout.root
+    if folders.recover(root):
+        print(f"instag process: {root}: put back as it was before an interrupted run", flush=True)
+    remove_stale_temporaries(root)  # left by a run killed mid-write
+    current = source_record(info, source)
+    old_meta = load_meta(layout)
+    new_video = bool(old_meta) and not same_video(old_meta.get("source", {}), current, source)
+    if new_video:
+        _refuse_stale_user_au(layout, cfg, old_meta, source)
+    meta = {"steps": {}} if new_video else {"steps": {}, **old_meta}
+    meta["source"] = current  # a moved folder keeps its steps
     meta["notes"] = []
-    if not same_video(meta["source"], info.as_dict(), source):
-        meta = {"source": info.as_dict(), "steps": {}, "notes": []}
-    meta["source"]["path"] = info.as_dict().get("path", str(source))  # a moved folder keeps its steps
     ctx = Context(cfg, layout, info, meta)
+    if new_video:
+        old_path = str(old_meta.get("source", {}).get("path"))
+        ctx.log(f"{source} differs from the video meta.json recorded ({old_path}: size, content or streams)"
+                if Path(old_path).resolve() == source.resolve() else
+                f"{source} is not the video this folder was processed from ({old_path}, recorded in meta.json)")
+        ctx.log("processing it as a new video")
     selected = [find_step(cfg.task)] if cfg.task.strip() != "-1" else STEPS
+    before = {p for p in root.iterdir() if not folders.reserved(p.name)}
+    protect = any(p.resolve() != source.resolve() and not p.name.startswith(".") for p in before)
+    snapshot = None
+    started = False
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(root)  # left by a run killed mid-write
         rerun_rest = cfg.force
         for step in selected:
             if len(selected) > 1 and not rerun_rest and _done(step, ctx):
                 print(f"instag process: [{step.task:>2}] {step.name}: done before, skipped (--force redoes it)", flush=True)
                 continue
+            if not started:  # only now: a run that skips every step changes nothing
+                started = True
+                snapshot = folders.Snapshot.take(root) if protect else None
+                if new_video:
+                    ctx.log(f"removed {_remove_old_video_outputs(layout, old_meta)} files derived from the previous video")
             rerun_rest = True
             t0 = time.perf_counter()
             result = step.run(ctx) or {}
@@ -389,10 +482,14 @@ def run(cfg: ProcessConfig) -> dict:
             meta["steps"][step.name] = {"done": True, "seconds": round(seconds, 3), **result}
             write_json(layout.meta, meta)
             print(f"instag process: [{step.task:>2}] {step.name}: {seconds:.1f} s", flush=True)
-    except InstagError:
-        if first_run:
+    except BaseException as err:
+        if snapshot is not None:
+            snapshot.restore()
+        elif isinstance(err, Exception):  # Ctrl-C keeps a first run's finished steps for the next run
             _remove_new(root, before, fresh_root)
         raise
+    if snapshot is not None:
+        snapshot.discard()
     return meta
 
 
@@ -404,7 +501,7 @@ def _remove_new(root: Path, before: set[Path], fresh_root: bool) -> None:
     if not root.exists():
         return
     for entry in root.iterdir():
-        if entry not in before:
+        if entry not in before and not folders.reserved(entry.name):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:

@@ -1,0 +1,59 @@
+"""Per-frame speech loudness and the voice-activity rule that the lip-sync metrics and synthesis share.
+
+Loudness: the energy of the speech band (250–3500 Hz) in an 80-ms Hann window centred on each 25-FPS video
+frame, in dB relative to the clip's loud speech (its 99th-percentile frame). Voice activity: a frame is
+**silent** when it and the two frames on either side (a 200-ms span) are all more than
+:data:`SILENCE_DB` below that loud level: pauses, not the brief closures inside words. The rule is relative
+to the clip, so it does not depend on the recording level, and it needs no weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FPS = 25
+SAMPLE_RATE = 16000
+SPEECH_BAND = (250.0, 3500.0)
+SILENCE_DB = -30.0  # below the clip's loud speech
+SILENCE_SPAN = 2  # frames on each side that must be quiet too
+FLOOR_DB = -60.0  # levels are floored here (digital silence)
+
+
+def speech_envelope(samples: np.ndarray, num_frames: int, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -> np.ndarray:
+    """Log energy (natural log) of the speech band per video frame: [num_frames], frame i centred on time i/fps."""
+    x = np.asarray(samples, dtype=np.float64).reshape(-1)
+    hop = sample_rate / fps
+    win = int(round(2 * hop))  # 80 ms Hann window, 50 % overlap between frames
+    n_fft = 1 << (win - 1).bit_length()
+    centres = np.round(np.arange(num_frames) * hop).astype(np.int64)
+    padded = np.concatenate([np.zeros(win), x, np.zeros(win + n_fft)])
+    idx = centres[:, None] - win // 2 + np.arange(win)[None, :] + win
+    frames = padded[idx] * np.hanning(win)[None, :]
+    spec = np.abs(np.fft.rfft(frames, n_fft)) ** 2
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    band = (freqs >= SPEECH_BAND[0]) & (freqs <= SPEECH_BAND[1])
+    energy = spec[:, band].sum(axis=1)
+    floor = max(np.percentile(energy, 99) * 1e-4, 1e-12) if energy.size else 1e-12  # 40 dB below loud speech
+    return np.log(energy + floor)
+
+
+def level_db(samples: np.ndarray, num_frames: int) -> np.ndarray:
+    """Speech-band level per frame in dB relative to the clip's loud speech (99th percentile), floored at -60."""
+    envelope = speech_envelope(samples, num_frames)
+    if envelope.size == 0:
+        return envelope
+    db = 10.0 * (envelope - np.percentile(envelope, 99)) / np.log(10.0)
+    return np.maximum(db, FLOOR_DB)
+
+
+def silent_frames(samples: np.ndarray, num_frames: int) -> np.ndarray:
+    """Boolean [num_frames]: the frames in a pause (see the module docstring). All silent for digital silence."""
+    x = np.asarray(samples, dtype=np.float64).reshape(-1)
+    if num_frames == 0:
+        return np.zeros(0, bool)
+    if not np.any(np.abs(x) > 1e-6):
+        return np.ones(num_frames, bool)
+    quiet = level_db(x, num_frames) < SILENCE_DB
+    padded = np.concatenate([np.ones(SILENCE_SPAN, bool), quiet, np.ones(SILENCE_SPAN, bool)])
+    span = 2 * SILENCE_SPAN + 1
+    return np.lib.stride_tricks.sliding_window_view(padded, span).all(axis=1)
