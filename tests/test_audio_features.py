@@ -282,11 +282,15 @@ def test_ave_mel_front_end_and_errors(tmp_path):
 def test_features_cli_writes_default_name(tmp_path, capsys):
     wav = tmp_path / "aud.wav"
     write_wav(wav, resample(np.stack([_speechlike(2.0)] * 2, axis=1), SR, 44100), 44100)  # stereo 44.1 kHz
-    assert features_main(["--wav", str(wav)]) == 0
+    assert features_main(["--wav", str(wav)]) == 0  # whisper, the default
+    out = np.load(tmp_path / "aud_wh.npy")
+    assert out.shape == (50, 2, 512)
+    assert load_features(tmp_path / "aud_wh.npy", "whisper", 50).shape == (50, 512, 2)
+    assert "aud_wh.npy" in capsys.readouterr().out
+    assert features_main(["--wav", str(wav), "--extractor", "mel"]) == 0
     out = np.load(tmp_path / "aud_mel.npy")
     assert out.shape == (50, 16, 80)
     assert load_features(tmp_path / "aud_mel.npy", "mel", 50).shape == (50, 80, 16)
-    assert "aud_mel.npy" in capsys.readouterr().out
     with pytest.raises(InstagError, match="not found"):
         features_main(["--wav", str(tmp_path / "missing.wav")])
 

@@ -64,8 +64,9 @@ def test_audio_and_features(processed):
     samples, rate = read_wav(layout.audio_wav)
     assert rate == 16000 and samples.ndim == 1
     assert abs(samples.size / rate - SECONDS) < 0.1
-    feats = np.load(layout.audio_features("mel"))
-    assert feats.shape[0] == N and np.isfinite(feats).all()
+    feats = np.load(layout.audio_features("whisper"))  # the default extractor
+    assert feats.shape == (N, 2, 512) and np.isfinite(feats).all()
+    assert meta["steps"]["audio_features"]["extractor"] == "whisper"
     assert "av_offset_frames" in meta["steps"]["audio_features"]
 
 
