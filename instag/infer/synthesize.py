@@ -26,16 +26,21 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
+from tqdm import tqdm
 
 from instag.audio.registry import EXTRACTORS as AUDIO_EXTRACTORS
 from instag.config import parse
 from instag.data.format import FPS, DatasetLayout
 from instag.errors import InstagError
-from instag.render import Camera
+
+if TYPE_CHECKING:  # torch loads in the functions that use it, so that `instag synthesize --help` answers at once
+    import torch
+
+    from instag.render import Camera
 
 BLINK_FRAMES = 7  # ~280 ms, a typical blink
 MIN_BLINK_GAP_S = 1.2
@@ -61,6 +66,7 @@ class SynthesizeConfig:
     seed: int = field(default=0, metadata={"help": "seed of the blink timing"})
     batch: int = field(default=8, metadata={"help": "frames rendered per batch"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bar"})
 
 
 # ---------------------------------------------------------------------------------------- planning
@@ -194,6 +200,8 @@ class Backgrounds:
         return img
 
     def batch(self, indices: list[int], device: torch.device) -> torch.Tensor:
+        import torch
+
         imgs = np.stack([self.get(i) for i in indices])
         return torch.from_numpy(imgs).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
@@ -203,12 +211,16 @@ class Backgrounds:
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[B,3,H,W] float in [0,1] -> uint8 [B,H,W,3] RGB on the CPU."""
+    import torch
+
     return images.clamp(0, 1).mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def render_frames(model, plan: Plan, items: torch.Tensor, backgrounds: Backgrounds, dilate: bool = False,
                   batch: int = 8, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
     """Frames ``start..stop-1`` of ``plan`` as uint8 [H,W,3] RGB; ``items`` [T,C,W] audio items."""
+    import torch
+
     from instag.audio.windows import frame_windows
 
     dev = model.device
@@ -348,9 +360,12 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     plan = pingpong_plan(clip, num_frames, au, cfg.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     cam0 = plan.cameras[0]
+    log(f"instag synthesize: {num_frames} frames ({num_frames / FPS:.2f} s) at {cam0.width}x{cam0.height} on "
+        f"{model.device} -> {out}")
     backgrounds = Backgrounds(layout, (cam0.height, cam0.width))
     paste = FullFrame(layout, sorted(set(plan.background_index))) if cfg.full_frame else None
     render_time = [0.0]
+    bar = tqdm(total=num_frames, desc="synthesize", unit="frame", file=sys.stderr, disable=cfg.quiet)
 
     def frames() -> Iterator[np.ndarray]:
         it = render_frames(model, plan, items, backgrounds, cfg.dilate, cfg.batch)
@@ -362,11 +377,13 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
             if frame is None:
                 return
             yield paste.paste(frame, plan.background_index[k]) if paste is not None else frame
+            bar.update(1)
             k += 1
 
     try:
         stats = write_outputs(frames(), out, info.get("wav"), frames_dir, info.get("samples"))
     finally:
+        bar.close()
         backgrounds.close()
     total = time.perf_counter() - t_start
     result = {

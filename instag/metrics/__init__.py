@@ -18,9 +18,7 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
-from instag.metrics.image import face_box, psnr, ssim, to_rgb255
 from instag.metrics.lips import lmd, mouth_opening, mouth_opening_correlation, pearson
 
 __all__ = [
@@ -33,6 +31,15 @@ __all__ = [
     "psnr",
     "ssim",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The image metrics load torch: imported on first use, so that `instag evaluate --help` answers at once."""
+    if name in ("face_box", "psnr", "ssim"):
+        from instag.metrics import image
+
+        return getattr(image, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _mean(values: list[float]) -> float | None:
@@ -66,6 +73,8 @@ class SequenceMetrics:
 
     def add(self, pred: Any, gt: Any, pred_landmarks: np.ndarray | None, gt_landmarks: np.ndarray | None) -> dict:
         """Add one frame; returns its per-frame values."""
+        from instag.metrics.image import face_box, psnr, ssim, to_rgb255
+
         a, b = to_rgb255(pred), to_rgb255(gt)
         if a.shape != b.shape:
             raise ValueError(f"frame sizes differ: {a.shape} vs {b.shape}")
@@ -81,6 +90,8 @@ class SequenceMetrics:
             self.face_psnr.append(row["face_psnr"])
             self.face_ssim.append(row["face_ssim"])
         if self.lpips_model is not None:
+            import torch
+
             with torch.no_grad():
                 ta = torch.from_numpy(a / 255.0).permute(2, 0, 1)[None].float().to(self.device)
                 tb = torch.from_numpy(b / 255.0).permute(2, 0, 1)[None].float().to(self.device)

@@ -24,16 +24,20 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
+from tqdm import tqdm
 
 from instag.config import parse
 from instag.data.format import AUDIO_SAMPLE_RATE, FPS, DatasetLayout
 from instag.errors import InstagError
 from instag.metrics import SequenceMetrics
 from instag.metrics.report import format_table, plot_series, side_by_side, write_metrics
+
+if TYPE_CHECKING:  # torch loads in the functions that use it, so that `instag evaluate --help` answers at once
+    import torch
 
 SAMPLES_PER_FRAME = AUDIO_SAMPLE_RATE // FPS
 
@@ -50,12 +54,13 @@ class EvaluateConfig:
     gt_au_csv: str | None = field(default=None, metadata={"help": "OpenFace csv of the ground-truth video (AUE)"})
     out: str | None = field(default=None, metadata={
         "help": "with --pred/--gt: metrics JSON to write; with -S/-M: the report folder (default output/<ID>/test/ours_None)"})
-    dilate: bool = field(default=False, metadata={"help": "dilate the mouth alpha 13x13 when rendering (as in synthesis)"})
+    dilate: bool = field(default=False, metadata={"help": "dilate the mouth alpha 13x13 before compositing (adaptation's own evaluation does by default)"})
     no_static: bool = field(default=False, metadata={"help": "skip the static (silence-driven) baseline"})
     split: str = field(default="val", metadata={"choices": ("val", "train"), "help": "with -S/-M: the split to score"})
     N_views: int = field(default=-1, metadata={"help": "with --split train: its first N frames, as in training (-1 = all)"})
     batch: int = field(default=8, metadata={"help": "frames rendered per batch"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
 
 
 class _Detector:
@@ -160,6 +165,8 @@ def static_audio(items: torch.Tensor, audio: np.ndarray | None, extractor: str) 
 
 
 def _device(name: str | None) -> str:
+    import torch
+
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -167,6 +174,8 @@ def load_split(source_path: str | Path, model_path: str | Path, split: str = "va
                device: str | None = None):
     """What scoring a model on a split needs: ``(layout, model, plan, items)``, the split being "val" or the
     first ``n_views`` frames of "train" (``items``: the clip's audio items ``[T,C,W]``)."""
+    import torch
+
     from instag.data.dataset import load_clip
     from instag.infer.synthesize import load_model, split_plan
 
@@ -192,7 +201,7 @@ def read_ground_truth(layout: DatasetLayout, index: int, size: tuple[int, int]) 
 
 def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: bool = False, static: bool = True,
                    batch: int = 8, device: str | None = None, out_dir: str | Path | None = None, split: str = "val",
-                   n_views: int = -1, log=print) -> dict:
+                   n_views: int = -1, log=print, progress: bool = True) -> dict:
     """Render the ``split`` ("val", or the first ``n_views`` frames of "train") of ``source_path`` with the
     model of ``model_path`` (and the static baseline), compute the metrics and write renders, report and
     ``metrics.json``.
@@ -213,6 +222,8 @@ def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: b
     cam0 = plan.cameras[0]
     size = (cam0.height, cam0.width)
     backgrounds = Backgrounds(layout, size)  # shared: both runs read the same frames
+    log(f"instag evaluate: rendering {len(plan)} {'validation' if split == 'val' else 'training'} frames of {layout.root} "
+        f"at {size[1]}x{size[0]} on {dev}{' with the static baseline' if static else ''}")
 
     samples = audio = None
     if layout.audio_wav.exists():
@@ -232,6 +243,7 @@ def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: b
     ours_frames = render_frames(model, plan, items, backgrounds, dilate, batch)
     static_frames = render_frames(model, plan, static_items, backgrounds, dilate, batch) if static else None
     render_time = 0.0
+    bar = tqdm(total=len(plan), desc="evaluate", unit="frame", file=sys.stderr, disable=not progress)
     try:
         with VideoWriter(out_dir / "side_by_side.silent.mp4") as sbs, VideoWriter(renders / "out.silent.mp4") as vid:
             for k, index in enumerate(plan.background_index):
@@ -254,7 +266,9 @@ def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: b
                 vid.write(pred)
                 tiles = [gt, pred] + ([spred] if spred is not None else [])
                 sbs.write(side_by_side(tiles, ["ground truth", "ours", "static (silence)"][: len(tiles)]))
+                bar.update(1)
     finally:
+        bar.close()
         backgrounds.close()
         detector.close()
     paths = {"renders": str(renders), "video": str(renders / "out.mp4"), "side_by_side": str(out_dir / "side_by_side.mp4"),
@@ -306,7 +320,7 @@ def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: b
 
 
 def evaluate_videos(pred: str | Path, gt: str | Path, *, pred_au_csv: str | None = None, gt_au_csv: str | None = None,
-                    out: str | Path | None = None, device: str | None = None, log=print) -> dict:
+                    out: str | Path | None = None, device: str | None = None, log=print, progress: bool = True) -> dict:
     """Metrics between two videos, frame by frame (both decoded at 25 FPS) up to the shorter one."""
     from instag.io.video import iter_frames, probe, read_audio
 
@@ -318,6 +332,9 @@ def evaluate_videos(pred: str | Path, gt: str | Path, *, pred_au_csv: str | None
     run = _Run(lpips_model, dev, sync_model is not None)
     gt_landmarks: list[np.ndarray] = []
     resized = False
+    frames = min(pinfo.num_frames_25, ginfo.num_frames_25)
+    log(f"instag evaluate: comparing {frames} frames of {pred} against {gt} at {ginfo.width}x{ginfo.height} on {dev}")
+    bar = tqdm(total=frames, desc="evaluate", unit="frame", file=sys.stderr, disable=not progress)
     try:
         for p_bgr, g_bgr in zip(iter_frames(pinfo), iter_frames(ginfo)):
             p, g = np.ascontiguousarray(p_bgr[:, :, ::-1]), np.ascontiguousarray(g_bgr[:, :, ::-1])
@@ -327,7 +344,9 @@ def evaluate_videos(pred: str | Path, gt: str | Path, *, pred_au_csv: str | None
             g_lm = detector(g)
             gt_landmarks.append(np.full((478, 3), np.nan) if g_lm is None else np.asarray(g_lm, np.float64))
             run.add(p, g, detector(p), g_lm)
+            bar.update(1)
     finally:
+        bar.close()
         detector.close()
     if run.metrics.num_frames == 0:
         raise InstagError(f"no frames could be read from {pred} or {gt}")
@@ -378,10 +397,11 @@ def lagged_correlation(a: np.ndarray, b: np.ndarray, max_lag: int = 5) -> tuple[
     return best, best_lag
 
 
-def lip_report(video: str | Path, out_dir: str | Path | None = None, log=print) -> dict:
+def lip_report(video: str | Path, out_dir: str | Path | None = None, log=print, progress: bool = True) -> dict:
     """For a video without ground truth (synthesis from new audio): its mouth opening per frame
     against the loudness of its own sound track, their correlation (best lag within ±5 frames),
-    a plot ``<video>_mouth.png`` and ``<video>_mouth.json``."""
+    a plot ``<video>_mouth.png`` and ``<video>_mouth.json``; refused, writing nothing, when no frame
+    shows a face."""
     from instag.io.video import iter_frames, probe, read_audio
     from instag.metrics.lips import mouth_opening
 
@@ -390,24 +410,29 @@ def lip_report(video: str | Path, out_dir: str | Path | None = None, log=print) 
     if detector.note:
         raise InstagError(detector.note)
     opening = []
+    log(f"instag evaluate: mouth opening of {info.num_frames_25} frames of {video} at {info.width}x{info.height}")
+    bar = tqdm(total=info.num_frames_25, desc="landmarks", unit="frame", file=sys.stderr, disable=not progress)
     try:
         for bgr in iter_frames(info):
             lm = detector(np.ascontiguousarray(bgr[:, :, ::-1]))
             opening.append(np.nan if lm is None else mouth_opening(lm))
+            bar.update(1)
     finally:
+        bar.close()
         detector.close()
     opening = np.asarray(opening, np.float64)
+    finite = opening[np.isfinite(opening)]
+    if not finite.size:
+        raise InstagError(f"no face found in any of the {len(opening)} frames of {video}; the lip report needs a visible face")
     energy = speech_energy(read_audio(video), len(opening))
     corr, lag = lagged_correlation(opening, energy)
     out_dir = Path(out_dir) if out_dir else Path(video).parent
     stem = Path(video).stem
-    finite = opening[np.isfinite(opening)]
-    scale = float(np.percentile(finite, 95)) / max(float(np.percentile(energy, 95)), 1e-9) if finite.size else 1.0
+    scale = float(np.percentile(finite, 95)) / max(float(np.percentile(energy, 95)), 1e-9)
     plot = plot_series(out_dir / f"{stem}_mouth.png", {"mouth opening": opening, "speech loudness (scaled)": energy * scale},
                        fps=FPS, title=f"{stem}", y_label="mouth opening vs speech loudness")
     result = {"video": str(video), "frames": len(opening), "frames_without_face": int((~np.isfinite(opening)).sum()),
-              "mouth_opening_mean": float(np.nanmean(opening)) if finite.size else None,
-              "mouth_opening_std": float(np.nanstd(opening)) if finite.size else None,
+              "mouth_opening_mean": float(finite.mean()), "mouth_opening_std": float(finite.std()),
               "opening_loudness_corr": corr, "opening_loudness_lag_frames": lag, "plot": str(plot),
               "mouth_opening": [None if not np.isfinite(v) else round(float(v), 5) for v in opening]}
     write_metrics(out_dir / f"{stem}_mouth.json", result)
@@ -421,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.pred and not cfg.gt:
         if not Path(cfg.pred).is_file():
             raise InstagError(f"video {cfg.pred} does not exist")
-        lip_report(cfg.pred, cfg.out)
+        lip_report(cfg.pred, cfg.out, progress=not cfg.quiet)
         return 0
     if cfg.pred or cfg.gt:
         if not (cfg.pred and cfg.gt):
@@ -429,12 +454,13 @@ def main(argv: list[str] | None = None) -> int:
         for p in (cfg.pred, cfg.gt):
             if not Path(p).is_file():
                 raise InstagError(f"video {p} does not exist")
-        evaluate_videos(cfg.pred, cfg.gt, pred_au_csv=cfg.pred_au_csv, gt_au_csv=cfg.gt_au_csv, out=cfg.out, device=cfg.device)
+        evaluate_videos(cfg.pred, cfg.gt, pred_au_csv=cfg.pred_au_csv, gt_au_csv=cfg.gt_au_csv, out=cfg.out, device=cfg.device,
+                        progress=not cfg.quiet)
         return 0
     if not (cfg.source_path and cfg.model_path):
         raise InstagError("give -S data/<ID> -M output/<ID> (a trained model), or --pred a.mp4 --gt b.mp4")
     evaluate_model(cfg.source_path, cfg.model_path, dilate=cfg.dilate, static=not cfg.no_static, batch=cfg.batch,
-                   device=cfg.device, out_dir=cfg.out, split=cfg.split, n_views=cfg.N_views)
+                   device=cfg.device, out_dir=cfg.out, split=cfg.split, n_views=cfg.N_views, progress=not cfg.quiet)
     return 0
 
 

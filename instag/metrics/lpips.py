@@ -1,11 +1,12 @@
 """LPIPS (AlexNet variant, v0.1) in plain torch, only when its weights exist locally.
 
-Two files are needed, neither is downloaded here:
+Two files are needed, neither is downloaded here (``bash scripts/prepare.sh`` reports them, and
+``--fetch lpips_alex alexnet`` downloads them; :mod:`instag.preprocess.weights` says where they go):
 
-- the linear heads ``alex.pth`` of the pip ``lpips`` package (``lpips/weights/v0.1/alex.pth``),
-  keys ``lin{k}.model.1.weight`` [1,C_k,1,1];
-- torchvision's ImageNet AlexNet ``alexnet-owt-7be5be79.pth`` (the ``features.*`` tensors),
-  looked up in the torch hub cache (``$TORCH_HOME/hub/checkpoints``).
+- ``lpips_alex``: the linear heads ``alex.pth`` of the pip ``lpips`` package
+  (``lpips/weights/v0.1/alex.pth``), keys ``lin{k}.model.1.weight`` [1,C_k,1,1];
+- ``alexnet``: torchvision's ImageNet AlexNet ``alexnet-owt-7be5be79.pth`` (the ``features.*``
+  tensors), looked up in the torch hub cache (``$TORCH_HOME/hub/checkpoints``).
 
 ``INSTAG_LPIPS_LIN`` and ``INSTAG_ALEXNET`` override the two paths. Inputs are RGB in [0,1]
 (``lpips(normalize=True)`` in upstream's metrics.py).
@@ -13,7 +14,6 @@ Two files are needed, neither is downloaded here:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from instag.errors import InstagError
 
-ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 # (in, out, kernel, stride, padding) of AlexNet's five convolutions; LPIPS taps each ReLU
 ALEX_CONVS = ((3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1), (384, 256, 3, 1, 1), (256, 256, 3, 1, 1))
 ALEX_FEATURE_INDEX = (0, 3, 6, 8, 10)  # index of each conv in torchvision's ``features`` Sequential
@@ -33,26 +32,20 @@ SCALE = (0.458, 0.448, 0.450)
 
 def default_weight_paths() -> tuple[Path | None, Path | None]:
     """(alex.pth of the lpips package, torchvision AlexNet) where they exist locally, else None each."""
-    lin = os.environ.get("INSTAG_LPIPS_LIN")
-    lin_path = Path(lin) if lin else None
-    if lin_path is None:
-        spec = importlib.util.find_spec("lpips")
-        if spec is not None and spec.submodule_search_locations:
-            lin_path = Path(next(iter(spec.submodule_search_locations))) / "weights" / "v0.1" / "alex.pth"
-    alex = os.environ.get("INSTAG_ALEXNET")
-    alex_path = Path(alex) if alex else Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
-    return (lin_path if lin_path and lin_path.is_file() else None, alex_path if alex_path.is_file() else None)
+    from instag.preprocess.weights import resolve
+
+    return resolve("lpips_alex", os.environ.get("INSTAG_LPIPS_LIN")), resolve("alexnet", os.environ.get("INSTAG_ALEXNET"))
 
 
 def missing_note() -> str | None:
-    """None when LPIPS can run, else one line saying which weights are missing and where they go."""
-    lin, alex = default_weight_paths()
-    missing = []
-    if lin is None:
-        missing.append("lpips/weights/v0.1/alex.pth (pip install lpips, or set INSTAG_LPIPS_LIN)")
-    if alex is None:
-        missing.append(f"{ALEXNET_FILE} in {Path(torch.hub.get_dir()) / 'checkpoints'} (or set INSTAG_ALEXNET)")
-    return None if not missing else "LPIPS not computed: missing " + " and ".join(missing)
+    """None when LPIPS can run, else one line saying which weights are missing and how to get them."""
+    from instag.preprocess.weights import REGISTRY
+
+    names = [name for name, path in zip(("lpips_alex", "alexnet"), default_weight_paths()) if path is None]
+    if not names:
+        return None
+    return (f"LPIPS not computed: missing {' and '.join(REGISTRY[n].path for n in names)} "
+            f"(`bash scripts/prepare.sh --fetch {' '.join(names)}` downloads them; its report says more)")
 
 
 class LPIPS(nn.Module):

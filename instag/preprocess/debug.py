@@ -19,7 +19,10 @@ from instag.preprocess.mesh import INNER_LIPS, MESH_TO_68, tessellation_edges
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:
-    cv2.putText(img, text, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
+    """White ``text`` at the top left with a dark outline. The outline is the same 1-px text shifted by one pixel
+    each way: a thicker stroke advances further per letter and drifts right of the text ("landmarkss")."""
+    for dx, dy in ((-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)):
+        cv2.putText(img, text, (8 + dx, 22 + dy), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, text, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
     return img
 

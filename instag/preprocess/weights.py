@@ -13,6 +13,7 @@ tool started from elsewhere still finds ``data_utils/...``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -46,6 +47,22 @@ _SAPIENS_HF = "https://huggingface.co/facebook/{repo}/resolve/main/{file}"
 
 SAPIENS_DEPTH_FILE = "sapiens_0.3b_render_people_epoch_100_torchscript.pt2"
 SAPIENS_NORMAL_FILE = "sapiens_0.3b_normal_render_people_epoch_66_torchscript.pt2"
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+
+
+def torch_hub_checkpoints() -> str:
+    """torch.hub's checkpoint folder (``torch.hub.get_dir()/checkpoints``), found as torch finds it but without importing it."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "torch")
+    return os.path.join(home, "hub", "checkpoints")
+
+
+def _lpips_package_weights() -> tuple[str, ...]:
+    """The ``alex.pth`` shipped in the pip ``lpips`` package, when it is installed (found without importing it)."""
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or not spec.submodule_search_locations:
+        return ()
+    return (os.path.join(next(iter(spec.submodule_search_locations)), "weights", "v0.1", "alex.pth"),)
+
 
 REGISTRY: dict[str, OptionalWeight] = {
     w.name: w
@@ -104,6 +121,21 @@ REGISTRY: dict[str, OptionalWeight] = {
             "Sapiens normal priors (data_utils/sapiens/run.sh)",
             "download the Sapiens-lite 0.3b normal TorchScript model (Hugging Face facebook/sapiens-normal-0.3b-torchscript) to this path",
             urls=(_SAPIENS_HF.format(repo="sapiens-normal-0.3b-torchscript", file=SAPIENS_NORMAL_FILE),),
+        ),
+        OptionalWeight(
+            "lpips_alex",
+            "data_utils/lpips/alex.pth",
+            "LPIPS metric and training term, with alexnet; INSTAG_LPIPS_LIN overrides this path",
+            "pip install lpips (its lpips/weights/v0.1/alex.pth is found there) or copy that file to this path",
+            urls=("https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/alex.pth",),
+            alternatives=_lpips_package_weights(),
+        ),
+        OptionalWeight(
+            "alexnet",
+            os.path.join(torch_hub_checkpoints(), ALEXNET_FILE),
+            "LPIPS metric and training term, with lpips_alex; INSTAG_ALEXNET overrides this path",
+            "torchvision's ImageNet AlexNet, which alexnet(weights='IMAGENET1K_V1') downloads to this path",
+            urls=(f"https://download.pytorch.org/models/{ALEXNET_FILE}",),
         ),
         OptionalWeight(
             "bfm",

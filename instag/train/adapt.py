@@ -13,35 +13,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from instag.audio.registry import EXTRACTORS as AUDIO_EXTRACTORS
 from instag.config import parse
-from instag.data.dataset import load_clip, merge_clips
 from instag.errors import InstagError
-from instag.io.atomic import remove_stale_temporaries, write_json
-from instag.model.talking_head import TalkingHead, load_tensors
-from instag.train.checkpoint import (
-    check_extractor,
-    load_universal,
-    pretrained_extractor,
-    resolve_pretrain_dir,
-    universal_stem,
-)
-from instag.train.config import StageConfig, stage_config
-from instag.train.engine import Identity
-from instag.train.run import (
-    INCOMPLETE,
-    earlier_stages,
-    pick_device,
-    pick_workers,
-    remaining_seconds,
-    run_stage,
-    set_seed,
-    stage_done,
-    stage_entry,
-)
+from instag.train.config import StageConfig, stage_config, stage_list
+
+if TYPE_CHECKING:  # torch loads in the functions that use it, so that `instag adapt --help` answers at once
+    import torch
+
+    from instag.model.talking_head import TalkingHead
 
 EXTRACTORS = tuple(AUDIO_EXTRACTORS)
 PRESETS = {
@@ -67,7 +49,7 @@ class AdaptConfig:
     iterations: int = field(default=0, metadata={"help": "face-stage iterations (0 = preset)"})
     mouth_iterations: int = field(default=0, metadata={"help": "mouth-stage iterations (0 = preset)"})
     fuse_iterations: int = field(default=0, metadata={"help": "fuse-stage iterations (0 = preset)"})
-    stages: str = field(default="face,mouth,fuse", metadata={"help": "comma list of stages to run"})
+    stages: str = field(default="face,mouth,fuse", metadata={"help": "comma list of the stages to run, of face, mouth, fuse"})
     lip_motion: float = field(default=-1.0, metadata={"help": "weight of the landmark-guided lip motion loss in the face stage (0 disables; -1 = recipe)"})
     densify_grad_threshold: float = field(default=-1.0, metadata={"help": "face-stage densification threshold (mean screen-space gradient; -1 = recipe)"})
     max_side: int = field(default=-1, metadata={"help": "train at this longer image side (0 = native, -1 = preset)"})
@@ -75,7 +57,7 @@ class AdaptConfig:
     stop_after: float = field(default=0.0, metadata={"help": "save and stop after this many seconds (0 = run to the end)"})
     checkpoint_seconds: float = field(default=90.0, metadata={"help": "save a resumable checkpoint at least this often (seconds)"})
     evaluate: bool = field(default=True, metadata={"help": "render and score the validation split afterwards"})
-    dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha when compositing the evaluation renders"})
+    dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha 13x13 before compositing the evaluation renders"})
     device: str = field(default="auto", metadata={"help": "cuda, cpu or auto"})
     workers: int = field(default=-1, metadata={"help": "data-loader workers (-1 = auto)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -83,6 +65,8 @@ class AdaptConfig:
 
 
 def _extractor(cfg: AdaptConfig) -> str:
+    from instag.train.checkpoint import check_extractor, pretrained_extractor, resolve_pretrain_dir, universal_stem
+
     recorded = pretrained_extractor(cfg.pretrain_path)
     if recorded is None:
         folder = resolve_pretrain_dir(cfg.pretrain_path)
@@ -106,14 +90,49 @@ def stage_recipe(cfg: AdaptConfig, stage: str, iterations: int, few_shot: bool) 
 
 
 def _load_head(folder: Path, stem: str, device: torch.device) -> TalkingHead:
+    from instag.model.talking_head import TalkingHead, load_tensors
+
     tensors, meta = load_tensors(folder / f"{stem}.safetensors")
     return TalkingHead.from_state(tensors, meta).to(device)
 
 
 def adapt(cfg: AdaptConfig, log=print) -> int:
+    """Run the stages of ``cfg``; a refused run leaves no output folder of its own making behind."""
+    out = Path(cfg.model_path).absolute()
+    missing = [p for p in (out, *out.parents) if not p.exists()]  # innermost first: what this run may create
+    try:
+        return _adapt(cfg, log)
+    except BaseException:
+        for folder in missing:
+            if not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
+        raise
+
+
+def _adapt(cfg: AdaptConfig, log) -> int:
+    import torch
+
     from instag.audio.registry import get_extractor
+    from instag.data.dataset import load_clip, merge_clips
+    from instag.io.atomic import remove_stale_temporaries, write_json
+    from instag.model.talking_head import TalkingHead
+    from instag.train.checkpoint import load_universal
+    from instag.train.engine import Identity
+    from instag.train.run import (
+        INCOMPLETE,
+        earlier_stages,
+        pick_device,
+        pick_workers,
+        remaining_seconds,
+        run_stage,
+        set_seed,
+        stage_done,
+        stage_entry,
+    )
 
     t_start = time.time()
+    stages = stage_list(cfg.stages, STAGE_ORDER)
     preset = PRESETS[cfg.preset]
     device = pick_device(cfg.device)
     workers = pick_workers(cfg.workers, device)
@@ -130,7 +149,6 @@ def adapt(cfg: AdaptConfig, log=print) -> int:
         clip = merge_clips(clip, load_clip(cfg.source_path, "val", extractor, max_side=max_side or None, with_priors=few_shot))
     log(f"instag adapt: {clip.name}: {len(clip)} training frames at {clip.size[1]}x{clip.size[0]}, {extractor} features, device {device}")
     iters = {s: getattr(cfg, "iterations" if s == "face" else f"{s}_iterations") or preset[s] for s in STAGE_ORDER}
-    stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
     meta = {"audio_extractor": extractor, "item_shape": list(item_shape), "source_path": str(cfg.source_path),
             "N_views": cfg.N_views, "long": cfg.long, "preset": cfg.preset}
     # a resumed run keeps the finished stages and earlier pieces on record
@@ -185,7 +203,8 @@ def evaluate(cfg: AdaptConfig, device: torch.device, log=print) -> dict | None:
     except ImportError as err:
         log(f"instag adapt: evaluation skipped ({err})")
         return None
-    return evaluate_model(cfg.source_path, cfg.model_path, dilate=cfg.dilate, device=str(device), log=log)
+    return evaluate_model(cfg.source_path, cfg.model_path, dilate=cfg.dilate, device=str(device), log=log,
+                          progress=not cfg.quiet)
 
 
 

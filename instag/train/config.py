@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from instag.errors import InstagError
+
 STAGES = ("face", "mouth", "fuse")
 MODES = ("pretrain", "adapt")
 
@@ -137,6 +139,15 @@ class StageConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def stage_list(text: str, allowed: tuple[str, ...]) -> list[str]:
+    """The stages named in a ``--stages`` comma list (``"face,mouth"``); a name not in ``allowed`` is refused."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise InstagError(f"--stages {text!r}: give a comma list of {', '.join(allowed)}")
+    return names
 
 
 def stage_config(stage: str, mode: str, iterations: int | None = None, long: bool = False, **overrides) -> StageConfig:

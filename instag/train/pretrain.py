@@ -14,30 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from instag.audio.registry import EXTRACTORS as AUDIO_EXTRACTORS
 from instag.config import parse
-from instag.data.dataset import load_clip, merge_clips
 from instag.data.format import DatasetLayout
 from instag.errors import InstagError
-from instag.io.atomic import remove_stale_temporaries, write_json
-from instag.model.motion import UniversalFaceField, UniversalMouthField
-from instag.model.talking_head import TalkingHead
-from instag.train.checkpoint import read_checkpoint, save_universal, universal_stem, unprefixed
-from instag.train.config import stage_config
-from instag.train.engine import Identity, restore_models
-from instag.train.run import (
-    INCOMPLETE,
-    earlier_stages,
-    pick_device,
-    pick_workers,
-    remaining_seconds,
-    run_stage,
-    set_seed,
-    stage_done,
-    stage_entry,
-)
+from instag.train.config import stage_config, stage_list
 
 EXTRACTORS = tuple(AUDIO_EXTRACTORS)
 PRESETS = {
@@ -58,7 +39,7 @@ class PretrainConfig:
     preset: str = field(default="default", metadata={"choices": tuple(PRESETS), "help": "recipe size: default (≤20 GPU-min), upstream (150k+150k), tiny (CI)"})
     iterations: int = field(default=0, metadata={"help": "face-stage iterations (0 = preset)"})
     mouth_iterations: int = field(default=0, metadata={"help": "mouth-stage iterations (0 = preset)"})
-    stages: str = field(default="face,mouth", metadata={"help": "comma list of stages to run"})
+    stages: str = field(default="face,mouth", metadata={"help": "comma list of the stages to run, of face, mouth"})
     identities: str = field(default="", metadata={"help": "comma list of identity folders to use (default: all)"})
     share_audio_net: bool = field(default=False, metadata={"help": "personalized fields re-use the universal audio encoder"})
     warmup_per_identity: int = field(default=300, metadata={"help": "static warm-up steps each identity gets at least "
@@ -93,6 +74,8 @@ def find_identities(root: Path, names: str) -> list[Path]:
 
 def _all_frames(root: Path, extractor: str, max_side: int | None):
     """Pre-training uses every frame of an identity: its train and (when present) val splits."""
+    from instag.data.dataset import load_clip, merge_clips
+
     clip = load_clip(root, "train", extractor, max_side=max_side)
     if DatasetLayout.of(root).transforms("val").exists():
         try:
@@ -103,9 +86,28 @@ def _all_frames(root: Path, extractor: str, max_side: int | None):
 
 
 def pretrain(cfg: PretrainConfig, log=print) -> int:
+    import torch  # here, not at the top, so that `instag pretrain --help` answers without loading it
+
     from instag.audio.registry import get_extractor
+    from instag.io.atomic import remove_stale_temporaries, write_json
+    from instag.model.motion import UniversalFaceField, UniversalMouthField
+    from instag.model.talking_head import TalkingHead
+    from instag.train.checkpoint import read_checkpoint, save_universal, universal_stem, unprefixed
+    from instag.train.engine import Identity, restore_models
+    from instag.train.run import (
+        INCOMPLETE,
+        earlier_stages,
+        pick_device,
+        pick_workers,
+        remaining_seconds,
+        run_stage,
+        set_seed,
+        stage_done,
+        stage_entry,
+    )
 
     t_start = time.time()
+    stages = stage_list(cfg.stages, ("face", "mouth"))
     preset = PRESETS[cfg.preset]
     device = pick_device(cfg.device)
     workers = pick_workers(cfg.workers, device)
@@ -118,7 +120,6 @@ def pretrain(cfg: PretrainConfig, log=print) -> int:
     dirs = find_identities(Path(cfg.source_path), cfg.identities)
     clips = [_all_frames(d, cfg.audio_extractor, max_side or None) for d in dirs]
     log(f"instag pretrain: {len(clips)} identities, {sum(len(c) for c in clips)} frames, {cfg.audio_extractor} features, device {device}")
-    stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
     iters = {"face": cfg.iterations or preset["face"], "mouth": cfg.mouth_iterations or preset["mouth"]}
     overrides = {} if cfg.lip_aux < 0 else {"lip_aux": cfg.lip_aux}
     if cfg.lip_motion >= 0:
