@@ -45,6 +45,7 @@ from instag.errors import InstagError
 from instag.infer.synthesize import Backgrounds, Plan, blink_track, load_model, pingpong, render_frames
 
 LOOKAHEAD_ITEMS = 3  # frame i needs items up to i+3
+STREAMING_EXTRACTORS = ("whisper", "mel")
 
 
 class StreamSynthesizer:
@@ -52,11 +53,11 @@ class StreamSynthesizer:
 
     def __init__(self, model, clip, *, dilate: bool = False, reference_db: float | None = None, seed: int = 0,
                  batch: int = 8, lookahead_ms: float | None = None):
-        from instag.infer.features import MelFeatureBuilder  # torch, kept out of --help
+        from instag.infer.features import MelFeatureBuilder, WhisperFeatureBuilder  # torch, kept out of --help
 
-        if model.audio_extractor != "mel":
-            raise InstagError(f"streaming needs a model trained on mel features; this one uses {model.audio_extractor!r}, "
-                              "whose features need the whole clip: use `instag synthesize` instead")
+        if model.audio_extractor not in STREAMING_EXTRACTORS:
+            raise InstagError(f"streaming needs a model trained on {' or '.join(STREAMING_EXTRACTORS)} features; this one "
+                              f"uses {model.audio_extractor!r}, whose features need the whole clip: use `instag synthesize` instead")
         if lookahead_ms is not None and lookahead_ms < 0:
             raise InstagError("--lookahead_ms must be at least 0")
         self.model = model
@@ -65,7 +66,7 @@ class StreamSynthesizer:
         self.dilate = dilate
         self.batch = batch
         self.seed = seed
-        self.features = MelFeatureBuilder(reference_db)
+        self.features = MelFeatureBuilder(reference_db) if model.audio_extractor == "mel" else WhisperFeatureBuilder()
         self.next_frame = 0
         cam0 = clip.frames[0].camera
         self.backgrounds = Backgrounds(clip.layout, (cam0.height, cam0.width))
@@ -233,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instag stream: {out} has no sound: no ffmpeg binary (pip install imageio-ffmpeg)", file=sys.stderr)
     print(f"instag stream: wrote {out} ({stats['frames']} frames); first frame {1000 * stats['first_frame_latency_s']:.0f} ms "
           f"after its audio arrived (needs {1000 * (stats['first_frame_audio_s'] or 0):.0f} ms of audio with "
-          f"{cfg.chunk_ms}-ms chunks); {stats['fps']:.1f} FPS overall; mel reference {stats['reference_db']:.2f} dB "
-          f"(pass --reference_db to synthesize for identical frames)")
+          f"{cfg.chunk_ms}-ms chunks); {stats['fps']:.1f} FPS overall" + (
+              f"; mel reference {stats['reference_db']:.2f} dB (pass --reference_db to synthesize for identical frames)"
+              if stats["reference_db"] is not None else ""))
     return 0
 
 

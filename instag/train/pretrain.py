@@ -35,7 +35,7 @@ class PretrainConfig:
 
     source_path: str = field(metadata={"flags": ("-S", "-s"), "help": "folder with one processed clip per identity (data/pretrain)"})
     model_path: str = field(default="output/pretrain_model", metadata={"flags": ("-M", "-m"), "help": "output folder"})
-    audio_extractor: str = field(default="mel", metadata={"choices": EXTRACTORS, "help": "audio features to train on"})
+    audio_extractor: str = field(default="whisper", metadata={"choices": EXTRACTORS, "help": "audio features to train on"})
     preset: str = field(default="default", metadata={"choices": tuple(PRESETS), "help": "recipe size: default (≤20 GPU-min), upstream (150k+150k), tiny (CI)"})
     iterations: int = field(default=0, metadata={"help": "face-stage iterations (0 = preset)"})
     mouth_iterations: int = field(default=0, metadata={"help": "mouth-stage iterations (0 = preset)"})
