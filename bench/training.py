@@ -5,7 +5,8 @@
 A RUN is ``output/<ID>`` (after ``instag adapt`` and ``instag evaluate``) or ``label=output/<ID>``. The times
 come from the ``adapt_log.json`` / ``pretrain_log.json`` that training writes (seconds per stage, measured
 around the stage's loop); the metrics from ``test/ours_None/metrics.json`` that ``instag evaluate`` writes
-(PSNR, SSIM, mouth LMD, mouth-opening correlation, for the model and for the same model driven by the clip's
+(PSNR, SSIM, mouth LMD, mouth-opening correlation, mouth_amp and closed_in_silence (the ground truth's own
+closed_in_silence beside them), for the model and for the same model driven by the clip's
 quietest audio frame), and, when ``instag evaluate --split train --N_views N`` was run too, the same figures on
 the frames the model was trained on (``train/ours_None/metrics.json``: does the model fit the mouth at all?). Nothing is re-measured here: the table gathers what the real commands recorded, so it
 can be rebuilt on a machine without a GPU from results fetched from one.
@@ -24,7 +25,7 @@ from _synthetic import RESULTS, table  # noqa: E402
 from instag.errors import InstagError  # noqa: E402
 from instag.io.atomic import write_json  # noqa: E402
 
-METRICS = ("psnr", "ssim", "lmd", "mouth_corr")
+METRICS = ("psnr", "ssim", "lmd", "mouth_corr", "mouth_amp", "closed_in_silence")
 
 
 def _read(path: Path) -> dict:
@@ -49,7 +50,8 @@ def run_row(label: str, model_dir: Path) -> dict:
         m = _read(metrics_path)
         for who in ("ours", "static"):
             for k in METRICS:
-                row[f"{who}_{k}"] = m.get(who, {}).get(k)
+                row[f"{who}_{k}"] = (m.get(who) or {}).get(k)
+        row["truth_closed_in_silence"] = (m.get("ground_truth") or {}).get("closed_in_silence")
     fitted = model_dir / "train" / "ours_None" / "metrics.json"
     if fitted.exists():
         m = _read(fitted).get("ours", {})
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         result: dict = {"device": args.device, "notes": args.note, "runs": rows}
         print(table(rows, ["run", "frames", "face_s", "mouth_s", "fuse_s", "adapt_s"]))
         print()
-        print(table(rows, ["run"] + [f"{w}_{k}" for w in ("ours", "static") for k in METRICS]))
+        print(table(rows, ["run"] + [f"{w}_{k}" for w in ("ours", "static") for k in METRICS] + ["truth_closed_in_silence"]))
         if any("train_psnr" in r for r in rows):
             print()
             print(table([r for r in rows if "train_psnr" in r], ["run"] + [f"train_{k}" for k in METRICS]))

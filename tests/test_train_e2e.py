@@ -121,3 +121,8 @@ def test_evaluation_metrics_are_finite(adapted):
     for run in ("ours", "static"):
         assert math.isfinite(metrics[run]["psnr"]) and math.isfinite(metrics[run]["ssim"])
     assert metrics["ours"]["psnr"] > 10.0
+    # the lip-sync figures of DESIGN §4 sit beside each run, and the ground truth's own closed_in_silence with them
+    for run in ("ours", "static"):
+        assert "mouth_amp" in metrics[run] and "closed_in_silence" in metrics[run]
+    assert "closed_in_silence" in metrics["ground_truth"]
+    assert metrics["silence"]["closed_level"] > 0

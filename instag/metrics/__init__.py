@@ -1,8 +1,8 @@
 """Metrics of rendered talking heads (DESIGN §4), in one place.
 
 - :mod:`instag.metrics.image`: PSNR (RGB, 0..255) and grayscale SSIM (11×11 Gaussian, σ 1.5);
-- :mod:`instag.metrics.lips`: LMD on the 40 MediaPipe lip landmarks, mouth opening and its
-  Pearson correlation;
+- :mod:`instag.metrics.lips`: LMD on the 40 MediaPipe lip landmarks, mouth opening, its Pearson
+  correlation, mouth_amp and closed_in_silence;
 - :mod:`instag.metrics.lpips`, :mod:`instag.metrics.syncnet`: LPIPS and Sync-C/Sync-E, only when
   their weights exist locally;
 - :mod:`instag.metrics.au`: AU error (AUE) from OpenFace csvs or our landmark AU estimator;
@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from instag.metrics.lips import lmd, mouth_opening, mouth_opening_correlation, pearson
+from instag.metrics.lips import lmd, mouth_amp, mouth_opening, mouth_opening_correlation, pearson
 
 __all__ = [
     "SequenceMetrics",
     "face_box",
     "lmd",
+    "mouth_amp",
     "mouth_opening",
     "mouth_opening_correlation",
     "pearson",
@@ -132,5 +133,6 @@ class SequenceMetrics:
             out["lmd"] = None if math.isnan(value) else value
             # no landmarks at all (no detector, no face) is no measurement, not a correlation of 0
             out["mouth_corr"] = mouth_opening_correlation(pred, gt) if both.sum() >= 2 else None
+            out["mouth_amp"] = mouth_amp(mouth_opening(pred), mouth_opening(gt)) if both.sum() >= 2 else None
             out["frames_without_face"] = int((~both).sum())
         return out

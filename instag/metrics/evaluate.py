@@ -306,12 +306,18 @@ def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: b
     series = {"ground truth": gt_open, "ours": ours.metrics.mouth_openings()[0]}
     if stat is not None:
         series["static"] = stat.metrics.mouth_openings()[0]
+    silence = silence_metrics(layout, audio, plan.audio_index, series)
+    for name, key in (("ours", "ours"), ("static", "static"), ("ground truth", "ground_truth")):
+        if result.get(key) is not None or key == "ground_truth":
+            result[key] = {**(result.get(key) or {}), "closed_in_silence": silence["closed_in_silence"].get(name)}
+    result["silence"] = {k: v for k, v in silence.items() if k != "closed_in_silence"}
     plot_series(paths["plot"], series, fps=FPS)
     result["mouth_opening"] = {k: [None if not np.isfinite(v) else round(float(v), 5) for v in s] for k, s in series.items()}
     write_metrics(paths["metrics"], result)
     rows = {"ours": result["ours"]}
     if result["static"] is not None:
         rows["static"] = result["static"]
+    rows["truth"] = result["ground_truth"]
     log(f"instag evaluate: {len(plan)} {'validation' if split == 'val' else 'training'} frames of {layout.root} at {size[1]}x{size[0]}\n{format_table(rows)}")
     for note in result["notes"]:
         log(f"  note: {note}")
@@ -374,6 +380,26 @@ def evaluate_videos(pred: str | Path, gt: str | Path, *, pred_au_csv: str | None
     for note in result["notes"]:
         log(f"  note: {note}")
     return result
+
+
+def silence_metrics(layout: DatasetLayout, audio: np.ndarray | None, audio_index: list[int],
+                    openings: dict[str, np.ndarray]) -> dict:
+    """closed_in_silence of each opening series (DESIGN §4): the silent frames of the driving audio (the voice-activity
+    rule of :mod:`instag.audio.activity`, measured on the whole clip's audio) whose opening is below the person's
+    closed-mouth level (:func:`instag.metrics.lips.closed_level` of the clip's tracked openings, every frame)."""
+    from instag.audio.activity import silent_frames
+    from instag.io.safe_load import load_npy
+    from instag.metrics.lips import closed_in_silence, closed_level, mouth_opening
+
+    level = float("nan")
+    if layout.landmarks.exists():
+        level = closed_level(mouth_opening(load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)")))
+    if audio is None or not len(audio_index):
+        return {"closed_level": level, "silent_frames": 0, "closed_in_silence": {}}
+    index = np.asarray(audio_index, np.int64)
+    silent = silent_frames(audio, int(max(index.max() + 1, len(audio) // SAMPLES_PER_FRAME)))[index]
+    return {"closed_level": level, "silent_frames": int(silent.sum()),
+            "closed_in_silence": {name: closed_in_silence(series, silent, level) for name, series in openings.items()}}
 
 
 def speech_energy(samples: np.ndarray, num_frames: int) -> np.ndarray:

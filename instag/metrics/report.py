@@ -112,7 +112,8 @@ def write_metrics(path: str | Path, metrics: dict) -> Path:
 
 
 def format_table(rows: dict[str, dict], keys: tuple[str, ...] = ("psnr", "ssim", "face_psnr", "face_ssim", "lmd",
-                                                                 "mouth_corr", "lpips", "sync_c", "sync_e", "aue")) -> str:
+                                                                 "mouth_corr", "mouth_amp", "closed_in_silence", "lpips", "sync_c", "sync_e",
+                                                                 "aue", "aue_lower", "aue_upper")) -> str:
     """A plain-text table: one row per run (``ours``, ``static``), one column per metric present."""
     cols = [k for k in keys if any(r.get(k) is not None for r in rows.values())]
     head = f"{'':<8}" + "".join(f"{k:>11}" for k in cols)
