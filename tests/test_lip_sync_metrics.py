@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,3 +60,20 @@ def test_closed_in_silence_counts_shut_mouths_in_pauses():
     talking_through[:25] = 0.08
     assert closed_in_silence(talking_through, silent, level) == pytest.approx(0.5)
     assert math.isnan(closed_in_silence(openings, np.zeros(200, bool), level))
+
+
+VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "r3dp_may_5s.mp4"
+
+
+@pytest.mark.skipif(not VIDEO.exists(), reason="../shared/data (the shared clips) is absent")
+def test_lip_report_of_a_real_talking_video(tmp_path):
+    """New-audio report on a real recording: the person's mouth follows their own loudness."""
+    pytest.importorskip("mediapipe")
+    from instag.metrics.evaluate import lip_report
+
+    result = lip_report(VIDEO, tmp_path, log=lambda *a: None, progress=False)
+    assert result["frames"] == 125 and result["frames_without_face"] == 0
+    assert result["opening_loudness_corr"] > 0.2, result["opening_loudness_corr"]
+    assert result["closed_level_from"] == "the video's own openings" and result["closed_level"] > 0
+    assert math.isnan(result["closed_in_silence"]) or 0.0 <= result["closed_in_silence"] <= 1.0
+    assert (tmp_path / "r3dp_may_5s_mouth.json").exists() and (tmp_path / "r3dp_may_5s_mouth.png").exists()

@@ -423,13 +423,17 @@ def lagged_correlation(a: np.ndarray, b: np.ndarray, max_lag: int = 5) -> tuple[
     return best, best_lag
 
 
-def lip_report(video: str | Path, out_dir: str | Path | None = None, log=print, progress: bool = True) -> dict:
+def lip_report(video: str | Path, out_dir: str | Path | None = None, log=print, progress: bool = True,
+               source_path: str | Path | None = None) -> dict:
     """For a video without ground truth (synthesis from new audio): its mouth opening per frame
     against the loudness of its own sound track, their correlation (best lag within ±5 frames),
-    a plot ``<video>_mouth.png`` and ``<video>_mouth.json``; refused, writing nothing, when no frame
-    shows a face."""
+    closed_in_silence (the person's closed-mouth level from ``source_path``'s landmarks when given, else from
+    the video's own openings), a plot ``<video>_mouth.png`` and ``<video>_mouth.json``; refused, writing
+    nothing, when no frame shows a face."""
+    from instag.audio.activity import silent_frames
+    from instag.io.safe_load import load_npy
     from instag.io.video import iter_frames, probe, read_audio
-    from instag.metrics.lips import mouth_opening
+    from instag.metrics.lips import closed_in_silence, closed_level, mouth_opening
 
     info = probe(video, require_audio=True)
     detector = _Detector()
@@ -450,8 +454,18 @@ def lip_report(video: str | Path, out_dir: str | Path | None = None, log=print, 
     finite = opening[np.isfinite(opening)]
     if not finite.size:
         raise InstagError(f"no face found in any of the {len(opening)} frames of {video}; the lip report needs a visible face")
-    energy = speech_energy(read_audio(video), len(opening))
+    sound = read_audio(video)
+    energy = speech_energy(sound, len(opening))
     corr, lag = lagged_correlation(opening, energy)
+    silent = silent_frames(sound, len(opening))
+    level_from = "the video's own openings"
+    if source_path is not None and DatasetLayout.of(source_path).landmarks.exists():
+        layout = DatasetLayout.of(source_path)
+        level = closed_level(mouth_opening(load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)")))
+        level_from = f"the tracked openings of {layout.root}"
+    else:
+        level = closed_level(opening)
+    closed = closed_in_silence(opening, silent, level)
     out_dir = Path(out_dir) if out_dir else Path(video).parent
     stem = Path(video).stem
     scale = float(np.percentile(finite, 95)) / max(float(np.percentile(energy, 95)), 1e-9)
@@ -459,11 +473,13 @@ def lip_report(video: str | Path, out_dir: str | Path | None = None, log=print, 
                        fps=FPS, title=f"{stem}", y_label="mouth opening vs speech loudness")
     result = {"video": str(video), "frames": len(opening), "frames_without_face": int((~np.isfinite(opening)).sum()),
               "mouth_opening_mean": float(finite.mean()), "mouth_opening_std": float(finite.std()),
-              "opening_loudness_corr": corr, "opening_loudness_lag_frames": lag, "plot": str(plot),
+              "opening_loudness_corr": corr, "opening_loudness_lag_frames": lag, "closed_in_silence": closed,
+              "silent_frames": int(silent.sum()), "closed_level": level, "closed_level_from": level_from, "plot": str(plot),
               "mouth_opening": [None if not np.isfinite(v) else round(float(v), 5) for v in opening]}
     write_metrics(out_dir / f"{stem}_mouth.json", result)
     log(f"instag evaluate: {video}: mouth opening {result['mouth_opening_mean']:.3f} ± {result['mouth_opening_std']:.3f}, "
-        f"correlation with speech loudness {corr:.2f} (lag {lag} frames); wrote {plot}")
+        f"correlation with speech loudness {corr:.2f} (lag {lag} frames); closed in {closed:.0%} of {int(silent.sum())} "
+        f"silent frames (closed-mouth level {level:.3f} from {level_from}); wrote {plot}")
     return result
 
 
@@ -472,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.pred and not cfg.gt:
         if not Path(cfg.pred).is_file():
             raise InstagError(f"video {cfg.pred} does not exist")
-        lip_report(cfg.pred, cfg.out, progress=not cfg.quiet)
+        lip_report(cfg.pred, cfg.out, progress=not cfg.quiet, source_path=cfg.source_path)
         return 0
     if cfg.pred or cfg.gt:
         if not (cfg.pred and cfg.gt):
