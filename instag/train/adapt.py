@@ -5,6 +5,11 @@ fits new clouds and the motion aligners on the first ``--N_views`` training fram
 ``<model_path>/chkpnt_{face,mouth,fuse}_latest.{safetensors,json}`` (the fused one is what
 synthesis loads). Each stage resumes from its own state with ``--resume``; a finished stage is
 skipped. Afterwards the validation split is rendered and scored (``instag evaluate``).
+
+While adapting, every ``--val_every`` steps a few held-out frames are scored and sampled
+(:mod:`instag.train.validation`: metrics in ``adapt_log.json`` and TensorBoard, grids under
+``<model_path>/val/``); with ``--early_stop P`` a stage ends after P checks without a better score
+and its product is its best-scoring checkpoint (the last weights stay in ``chkpnt_<stage>_final``).
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ if TYPE_CHECKING:  # torch loads in the functions that use it, so that `instag a
     import torch
 
     from instag.model.talking_head import TalkingHead
+    from instag.train.validation import ValidationSet, Validator
 
 EXTRACTORS = tuple(AUDIO_EXTRACTORS)
 PRESETS = {
-    "upstream": {"face": 10_000, "mouth": 10_000, "fuse": 2_000, "max_side": 0, "face_init": 2000, "mouth_init": 5000},
-    "default": {"face": 2_000, "mouth": 1_500, "fuse": 500, "max_side": 0, "face_init": 2000, "mouth_init": 5000},
-    "tiny": {"face": 200, "mouth": 120, "fuse": 40, "max_side": 128, "face_init": 400, "mouth_init": 400},
+    "upstream": {"face": 10_000, "mouth": 10_000, "fuse": 2_000, "max_side": 0, "face_init": 2000, "mouth_init": 5000,
+                 "val_every": 1000},
+    "default": {"face": 2_000, "mouth": 1_500, "fuse": 500, "max_side": 0, "face_init": 2000, "mouth_init": 5000,
+                "val_every": 250},
+    "tiny": {"face": 200, "mouth": 120, "fuse": 40, "max_side": 128, "face_init": 400, "mouth_init": 400, "val_every": 0},
 }
 STAGE_ORDER = ("face", "mouth", "fuse")
 
@@ -57,6 +65,9 @@ class AdaptConfig:
     stop_after: float = field(default=0.0, metadata={"help": "save and stop after this many seconds (0 = run to the end)"})
     checkpoint_seconds: float = field(default=90.0, metadata={"help": "save a resumable checkpoint at least this often (seconds)"})
     evaluate: bool = field(default=True, metadata={"help": "render and score the validation split afterwards"})
+    val_every: int = field(default=-1, metadata={"help": "score held-out frames every N steps of each stage and at its end (0 = off; -1 = preset: 250, upstream 1000, tiny off)"})
+    val_frames: int = field(default=50, metadata={"help": "frames scored at each check: the first of the validation split (the last training frames with --all_for_train)"})
+    early_stop: int = field(default=0, metadata={"help": "end a stage after this many checks without a better validation score and keep its best checkpoint (0 = off)"})
     dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha 13x13 before compositing the evaluation renders"})
     device: str = field(default="auto", metadata={"help": "cuda, cpu or auto"})
     workers: int = field(default=-1, metadata={"help": "data-loader workers (-1 = auto)"})
@@ -111,25 +122,11 @@ def adapt(cfg: AdaptConfig, log=print) -> int:
 
 
 def _adapt(cfg: AdaptConfig, log) -> int:
-    import torch
-
     from instag.audio.registry import get_extractor
     from instag.data.dataset import load_clip, merge_clips
-    from instag.io.atomic import remove_stale_temporaries, write_json
-    from instag.model.talking_head import TalkingHead
-    from instag.train.checkpoint import load_universal
-    from instag.train.engine import Identity
-    from instag.train.run import (
-        INCOMPLETE,
-        earlier_stages,
-        pick_device,
-        pick_workers,
-        remaining_seconds,
-        run_stage,
-        set_seed,
-        stage_done,
-        stage_entry,
-    )
+    from instag.io.atomic import remove_stale_temporaries
+    from instag.train.run import pick_device, pick_workers, set_seed
+    from instag.train.validation import ValidationSet
 
     t_start = time.time()
     stages = stage_list(cfg.stages, STAGE_ORDER)
@@ -149,8 +146,45 @@ def _adapt(cfg: AdaptConfig, log) -> int:
         clip = merge_clips(clip, load_clip(cfg.source_path, "val", extractor, max_side=max_side or None, with_priors=few_shot))
     log(f"instag adapt: {clip.name}: {len(clip)} training frames at {clip.size[1]}x{clip.size[0]}, {extractor} features, device {device}")
     iters = {s: getattr(cfg, "iterations" if s == "face" else f"{s}_iterations") or preset[s] for s in STAGE_ORDER}
-    meta = {"audio_extractor": extractor, "item_shape": list(item_shape), "source_path": str(cfg.source_path),
+    val_every = preset["val_every"] if cfg.val_every < 0 else cfg.val_every
+    if cfg.early_stop > 0 and val_every <= 0:
+        raise InstagError("--early_stop needs validation: give --val_every N (N > 0)")
+    vset = None
+    if val_every > 0:
+        vset = ValidationSet.for_adaptation(cfg.source_path, clip, extractor, max_side or None, cfg.val_frames,
+                                            cfg.all_for_train, device)
+        log(f"instag adapt: validating every {val_every} steps on {vset.source}"
+            + (f"; early stop after {cfg.early_stop} checks without improvement" if cfg.early_stop > 0 else ""))
+        if vset.note:
+            log(f"instag adapt: note: {vset.note}")
+    try:
+        return _run_stages(cfg, clip, extractor, item_shape, iters, stages, _checkpoint_meta(cfg, extractor, item_shape),
+                           few_shot, device, workers, t_start, val_every, vset, log)
+    finally:
+        if vset is not None:
+            vset.close()
+
+
+def _checkpoint_meta(cfg: AdaptConfig, extractor: str, item_shape: tuple) -> dict:
+    """What every checkpoint of the run records about it."""
+    return {"audio_extractor": extractor, "item_shape": list(item_shape), "source_path": str(cfg.source_path),
             "N_views": cfg.N_views, "long": cfg.long, "preset": cfg.preset}
+
+
+def _run_stages(cfg: AdaptConfig, clip, extractor: str, item_shape: tuple, iters: dict, stages: list[str], meta: dict,
+                few_shot: bool, device: torch.device, workers: int, t_start: float, val_every: int,
+                vset: ValidationSet | None, log) -> int:
+    import torch
+
+    from instag.io.atomic import write_json
+    from instag.model.talking_head import TalkingHead
+    from instag.train.checkpoint import load_universal
+    from instag.train.engine import Identity
+    from instag.train.run import INCOMPLETE, earlier_stages, remaining_seconds, run_stage, stage_done, stage_entry
+    from instag.train.validation import Validator, progress_video
+
+    out = Path(cfg.model_path)
+    preset = PRESETS[cfg.preset]
     # a resumed run keeps the finished stages and earlier pieces on record
     summary: dict = {"clip": clip.name, "frames": len(clip),
                      "stages": earlier_stages(out / "adapt_log.json", cfg.resume, clip=clip.name, frames=len(clip))}
@@ -175,25 +209,65 @@ def _adapt(cfg: AdaptConfig, log) -> int:
             load_universal(cfg.pretrain_path, "face", head.face_field, extractor)
             load_universal(cfg.pretrain_path, "mouth", head.mouth_field, extractor)
         identity = Identity(clip, head)
+        validator = None
+        if vset is not None:
+            validator = Validator(vset, stage, f"adapt_{stage}", val_every, cfg.early_stop, out, cfg.dilate)
 
-        def on_save(trainer, it, stage=stage, scfg=scfg):
-            trainer.ids[0].head.save(out, f"chkpnt_{stage}_latest", {**meta, "stage": stage, "iteration": it, "iterations": scfg.iterations})
+        def on_save(trainer, it, stage=stage, scfg=scfg, validator=validator):
+            save_product(out, stage, trainer.ids[0].head, {**meta, "stage": stage, "iteration": it,
+                                                           "iterations": scfg.iterations}, validator)
 
         result, _ = run_stage(scfg, [identity], device, out, f"train_{stage}", meta, cfg.resume, on_save, workers,
                               remaining_seconds(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet,
-                              save_seconds=cfg.checkpoint_seconds)
+                              save_seconds=cfg.checkpoint_seconds, validator=validator)
         head = identity.head
+        if result.complete and validator is not None and validator.keep_best:
+            head = _load_head(out, product, device)  # the selected checkpoint, which the next stage starts from
+        extra = {**validator.summary(), "early_stopped": result.stopped_early} if validator is not None else {}
         summary["stages"][stage] = stage_entry(summary["stages"].get(stage), result, scfg.iterations,
-                                               gaussians=[head.face.num_points, head.mouth.num_points])
+                                               gaussians=[head.face.num_points, head.mouth.num_points], **extra)
         write_json(out / "adapt_log.json", summary)
         if not result.complete:
             log(f"instag adapt: stopped at {stage} iteration {result.iteration}/{scfg.iterations}; continue with --resume")
             return INCOMPLETE
-        log(f"instag adapt: {stage} stage done in {result.seconds:.1f} s ({head.face.num_points} face / {head.mouth.num_points} mouth Gaussians)")
+        log(f"instag adapt: {stage} stage done in {result.seconds:.1f} s ({head.face.num_points} face / {head.mouth.num_points} mouth Gaussians)"
+            + (f"; validation {extra['val_seconds']:.1f} s" if extra else ""))
+        if validator is not None and validator.keep_best:
+            chosen = validator.selected_iteration(result.iteration)
+            how = f"stopped early at iteration {result.iteration}" if result.stopped_early else "ran to its end"
+            log(f"instag adapt: {stage} stage {how}; kept the checkpoint of iteration {chosen} (validation score "
+                f"{validator.best_score:.3f})")
         previous = product
+    if vset is not None:
+        video = progress_video(vset, out, list(STAGE_ORDER), device, cfg.dilate)
+        if video is not None:
+            log(f"instag adapt: validation frames after each stage: {video}")
     if cfg.evaluate and "fuse" in stages:
         evaluate(cfg, device, log)
     return 0
+
+
+def save_product(out: Path, stage: str, head: TalkingHead, info: dict, validator: Validator | None) -> None:
+    """Write the stage's product ``chkpnt_<stage>_latest`` from ``head`` at ``info["iteration"]``. At the stage's end
+    with a kept best checkpoint (``--early_stop``) the product holds the best weights instead, and the last ones go
+    to ``chkpnt_<stage>_final``."""
+    from instag.model.talking_head import TalkingHead
+
+    product, final = f"chkpnt_{stage}_latest", f"chkpnt_{stage}_final"
+    it = info["iteration"]
+    ended = validator is not None and (it >= info["iterations"] or validator.stopped)
+    if not ended:
+        head.save(out, product, info)
+        return
+    info = {**info, "early_stopped": validator.stopped, "selected_iteration": validator.selected_iteration(it)}
+    if info["selected_iteration"] == it:
+        head.save(out, product, info)
+        for path in (out / f"{final}.safetensors", out / f"{final}.json"):  # from an earlier run of the stage
+            path.unlink(missing_ok=True)
+        return
+    head.save(out, final, info)
+    best = TalkingHead.from_state(validator.best_tensors, head.meta())
+    best.save(out, product, {**info, "selected_score": validator.best_score})
 
 
 def evaluate(cfg: AdaptConfig, device: torch.device, log=print) -> dict | None:

@@ -563,11 +563,16 @@ class Trainer:
         save_seconds: float = 300.0,
         stop_after_seconds: float | None = None,
         progress: bool = True,
+        validate: Callable[[int], bool] | None = None,
+        validate_every: int = 0,
     ) -> int:
         """Train from iteration ``start`` to ``cfg.iterations``; returns the last iteration done.
 
         ``save(it)`` writes a checkpoint and returns its name; called every ``save_every`` steps,
         every ``save_seconds`` and at the end or when ``stop_after_seconds`` have passed.
+        ``validate(it)`` scores the model every ``validate_every`` steps and at the last one, after the
+        loss check and before that step's save; it returns True to end the stage there (early stopping),
+        which saves and returns ``it``.
         """
         from tqdm import tqdm
 
@@ -592,7 +597,8 @@ class Trainer:
             self.time_data += t_b - t_a
             self.time_step += time.perf_counter() - t_b
             done = it == cfg.iterations
-            if len(self.losses_window) >= NAN_CHECK_EVERY or done:
+            validating = validate is not None and validate_every > 0 and (it % validate_every == 0 or done)
+            if len(self.losses_window) >= NAN_CHECK_EVERY or done or validating:
                 vals = torch.stack(self.losses_window).cpu()
                 self.losses_window.clear()
                 bad = (~torch.isfinite(vals)).nonzero()
@@ -606,8 +612,9 @@ class Trainer:
                 if progress:
                     bar.set_postfix(loss=f"{float(vals[-1]):.4f}", refresh=False)
                 window_start = it + 1
+                halt = validating and validate(it)
                 now = time.time()
-                stop = stop_after_seconds is not None and now - t0 >= stop_after_seconds
+                stop = halt or (stop_after_seconds is not None and now - t0 >= stop_after_seconds)
                 periodic = (save_every and it % save_every == 0) or now - last_save_t >= save_seconds
                 if save is not None and (done or stop or periodic):
                     last_good = save(it)

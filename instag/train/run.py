@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,9 @@ from instag.train.engine import (
     trainer_optim_state,
     trainer_tensors,
 )
+
+if TYPE_CHECKING:
+    from instag.train.validation import Validator
 
 LIP_TARGET_DIM = 80
 INCOMPLETE = 3  # exit code: stopped by --stop_after, resume with --resume
@@ -94,6 +98,7 @@ class StageResult:
     start: int = 0  # the iteration this piece resumed from (0: a fresh run)
     photo_history: list[tuple[int, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    stopped_early: bool = False  # ended by --early_stop before its last iteration (complete all the same)
 
 
 def earlier_stages(path: Path, resume: bool, **same) -> dict:
@@ -128,7 +133,8 @@ def stage_entry(previous: dict | None, result: StageResult, iterations: int, **e
 
 
 def stage_done(folder: Path, stem: str, total: int) -> bool:
-    """Whether ``<stem>.json`` records a finished run of ``total`` iterations."""
+    """Whether ``<stem>.json`` records a finished run of ``total`` iterations (reached, or ended early by
+    ``--early_stop``)."""
     j = stem_paths(folder, stem)[1]
     if not j.exists():
         return False
@@ -136,7 +142,8 @@ def stage_done(folder: Path, stem: str, total: int) -> bool:
         meta = json.loads(j.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return int(meta.get("iteration", -1)) >= total and int(meta.get("iterations", -1)) == total
+    reached = int(meta.get("iteration", -1)) >= total or bool(meta.get("early_stopped"))
+    return reached and int(meta.get("iterations", -1)) == total
 
 
 def run_stage(
@@ -153,11 +160,17 @@ def run_stage(
     seed: int,
     progress: bool = True,
     save_seconds: float = 90.0,
+    validator: Validator | None = None,
 ) -> tuple[StageResult, Trainer]:
-    """Run (or resume) one stage; ``on_save(trainer, it)`` writes the stage's products after each state save."""
+    """Run (or resume) one stage; ``on_save(trainer, it)`` writes the stage's products after each state save.
+
+    With a ``validator`` the stage is scored on held-out frames on its schedule; its state (history, best
+    score, the best weights when it keeps them) is saved with the training state and restored on resume,
+    and a stage it ended early counts as finished."""
     folder.mkdir(parents=True, exist_ok=True)
     lip_head = LipHead(LIP_TARGET_DIM) if cfg.lip_aux > 0 else None
     start = 0
+    ended = False  # the resumed state had finished the stage (its last iteration, or an early stop)
     optim = ema = None
     t_path = stem_paths(folder, state_stem)[0]
     if resume and t_path.exists():
@@ -170,6 +183,12 @@ def run_stage(
                               "resume with the same --iterations/--preset or delete it")
         ema = restore_models(identities, tensors, device, lip_head)
         start = int(old_meta["iteration"])
+        ended = start >= cfg.iterations or bool(old_meta.get("early_stopped"))
+        if old_meta.get("early_stopped") and validator is None:
+            raise InstagError(f"{t_path} ended its stage early (--early_stop) and keeps its best weights for it; resume "
+                              "with the same --val_every and --early_stop, or delete it")
+        if validator is not None:
+            validator.restore(old_meta.get("validation"), tensors)
         print(f"instag: resuming {cfg.mode} {cfg.stage} from iteration {start} ({t_path})", file=sys.stderr)
     elif t_path.exists() and not resume:
         print(f"instag: {t_path} exists; starting {cfg.mode} {cfg.stage} afresh (pass --resume to continue it)", file=sys.stderr)
@@ -179,30 +198,41 @@ def run_stage(
     trainer = Trainer(cfg, identities, device, lip_head=lip_head, num_workers=workers, seed=seed, log=logger)
     if optim is not None:
         load_optim_state(trainer, optim, ema)
+    if validator is not None:
+        validator.begin(start, logger.writer)
 
     def save(it: int) -> str:
         m = {**meta, "format": "instag-train-state", "stage": cfg.stage, "mode": cfg.mode, "iteration": it,
              "iterations": cfg.iterations, "identities": [i.clip.name for i in identities], "config": cfg.to_dict()}
-        path = write_checkpoint(folder, state_stem, trainer_tensors(trainer), m, trainer_optim_state(trainer))
+        tensors = trainer_tensors(trainer)
+        if validator is not None:
+            m.update(validation=validator.state(), early_stopped=validator.stopped)
+            tensors.update(validator.tensors())
+        path = write_checkpoint(folder, state_stem, tensors, m, trainer_optim_state(trainer))
         on_save(trainer, it)
         return str(path)
 
     t0 = time.time()
-    if start >= cfg.iterations:
+    if ended:
         # killed after the stage's last state was written but maybe before its products were:
         # write them again from that state, so the next stage reads the finished stage
         on_save(trainer, start)
         logger.close()
-        print(f"instag: {cfg.mode} {cfg.stage} had reached its last iteration ({start}); wrote its products again",
-              file=sys.stderr)
-        return StageResult(start, True, 0.0, logger.history, start, logger.photo_history, trainer.notes), trainer
-    last = trainer.run(start, save=save, save_seconds=save_seconds, stop_after_seconds=stop_after, progress=progress)
+        how = f"its last iteration ({start})" if start >= cfg.iterations else f"its early stop (iteration {start})"
+        print(f"instag: {cfg.mode} {cfg.stage} had reached {how}; wrote its products again", file=sys.stderr)
+        return StageResult(start, True, 0.0, logger.history, start, logger.photo_history, trainer.notes,
+                           start < cfg.iterations), trainer
+    last = trainer.run(start, save=save, save_seconds=save_seconds, stop_after_seconds=stop_after, progress=progress,
+                       validate=None if validator is None else (lambda it: validator.check(trainer, it)),
+                       validate_every=0 if validator is None else validator.every)
     logger.close()
     done = max(1, last - start)
+    checks = "" if validator is None else f", validation {validator.seconds:.1f} s ({validator.checks} checks)"
     print(f"instag: {cfg.mode} {cfg.stage}: {done} steps, {1000 * trainer.time_step / done:.1f} ms/step compute, "
-          f"{1000 * trainer.time_data / done:.1f} ms/step waiting for data", file=sys.stderr)
-    return StageResult(last, last >= cfg.iterations, time.time() - t0, logger.history, start, logger.photo_history,
-                       trainer.notes), trainer
+          f"{1000 * trainer.time_data / done:.1f} ms/step waiting for data{checks}", file=sys.stderr)
+    stopped_early = validator is not None and validator.stopped
+    return StageResult(last, last >= cfg.iterations or stopped_early, time.time() - t0, logger.history, start,
+                       logger.photo_history, trainer.notes, stopped_early), trainer
 
 
 def remaining_seconds(stop_after: float, t_start: float) -> float | None:
