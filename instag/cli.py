@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "synthesize": ("instag.infer.synthesize", "main", "render a trained head driven by new audio into an mp4"),
     "stream": ("instag.infer.stream", "main", "chunked real-time synthesis"),
     "evaluate": ("instag.metrics.evaluate", "main", "metrics on the validation split, or between two videos"),
+    "serve": ("instag.serve.app", "main", "local web page: the avatar answers uploaded or spoken speech in real time"),
+    "report": ("instag.metrics.dashboard", "main", "HTML dashboard of the logged sessions and feedback of a model"),
+    "refine": ("instag.train.refine", "main", "guarded continual adaptation on more footage (new version, promoted if not worse)"),
+    "versions": ("instag.train.versions", "main", "list a model's versions with their scores, or roll back to one"),
     "bench": ("instag.bench_cli", "main", "run a benchmark from bench/"),
 }
 

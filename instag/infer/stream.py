@@ -72,6 +72,7 @@ class StreamSynthesizer:
         self.backgrounds = Backgrounds(clip.layout, (cam0.height, cam0.width))
         self._au45: np.ndarray | None = None
         self.first_frame_audio_s: float | None = None
+        self.lip_gap: list[float] = []  # per delivered frame: the model's predicted lip opening (session logs)
 
     @classmethod
     def from_paths(cls, source_path: str | Path, model_path: str | Path, device: str | None = None, **kw) -> StreamSynthesizer:
@@ -107,9 +108,14 @@ class StreamSynthesizer:
         items = self.features.items(items_needed, provisional=self.lookahead_ms is not None)
         plan = self._plan(stop)
         start = self.next_frame
-        for frame in render_frames(self.model, plan, items, self.backgrounds, self.dilate, self.batch, start=start, stop=stop):
+        for frame in render_frames(self.model, plan, items, self.backgrounds, self.dilate, self.batch, start=start, stop=stop,
+                                   lip_gap=self.lip_gap):
             self.next_frame += 1
             yield frame
+
+    def delivered_plan(self) -> Plan:
+        """What drove the frames delivered so far (cameras, AUs), for the session log."""
+        return self._plan(self.next_frame)
 
     def push(self, samples: np.ndarray) -> Iterator[np.ndarray]:
         """Add 16 kHz mono float32 samples; yields the frames (uint8 [H,W,3] RGB) they complete."""
@@ -171,6 +177,7 @@ def run_stream(synth: StreamSynthesizer, samples: np.ndarray, chunk_ms: int = 20
     t0 = time.perf_counter()
     first_latency = None
     count = 0
+    latency_ms: list[float] = []  # per frame, from the arrival of the audio that completed it
     for s in range(0, samples.shape[0], chunk):
         if realtime:
             due = t0 + (s + chunk) / AUDIO_SAMPLE_RATE
@@ -180,12 +187,15 @@ def run_stream(synth: StreamSynthesizer, samples: np.ndarray, chunk_ms: int = 20
             if first_latency is None:
                 sync()
                 first_latency = time.perf_counter() - t_chunk
+            latency_ms.append(1000 * (time.perf_counter() - t_chunk))
             count += 1
             if on_frame is not None:
                 on_frame(frame)
+    t_end = time.perf_counter()
     for frame in synth.finish():
         if first_latency is None:
             first_latency = time.perf_counter() - t0
+        latency_ms.append(1000 * (time.perf_counter() - t_end))
         count += 1
         if on_frame is not None:
             on_frame(frame)
@@ -194,12 +204,13 @@ def run_stream(synth: StreamSynthesizer, samples: np.ndarray, chunk_ms: int = 20
     audio_s = samples.shape[0] / AUDIO_SAMPLE_RATE
     return {"frames": count, "audio_seconds": audio_s, "wall_seconds": total, "fps": count / max(total, 1e-9),
             "first_frame_latency_s": first_latency, "first_frame_audio_s": synth.first_frame_audio_s,
-            "chunk_ms": chunk_ms, "realtime": realtime, "reference_db": synth.reference_db}
+            "chunk_ms": chunk_ms, "realtime": realtime, "reference_db": synth.reference_db, "latency_ms": latency_ms}
 
 
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
+    from instag.infer.sessionlog import SessionRecorder, write_session
     from instag.io.encode import VideoWriter, ffmpeg_exe, mux_audio
     from instag.io.wav import load_audio_16k_mono
 
@@ -224,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         writer.write(frame)
         bar.update(1)
 
+    session = SessionRecorder(cfg.model_path, "stream", audio_name=Path(cfg.audio).name, settings={
+        "chunk_ms": cfg.chunk_ms, "realtime": cfg.realtime, "lookahead_ms": cfg.lookahead_ms, "dilate": cfg.dilate})
     with bar, VideoWriter(silent, fps=FPS) as writer:
         stats = run_stream(synth, samples, cfg.chunk_ms, cfg.realtime, on_frame)
     if ffmpeg_exe() is not None:
@@ -237,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{cfg.chunk_ms}-ms chunks); {stats['fps']:.1f} FPS overall" + (
               f"; mel reference {stats['reference_db']:.2f} dB (pass --reference_db to synthesize for identical frames)"
               if stats["reference_db"] is not None else ""))
+    session.latency_ms = stats["latency_ms"]
+    write_session(session, samples, None, synth.delivered_plan(), synth.lip_gap)
     return 0
 
 

@@ -217,8 +217,10 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def render_frames(model, plan: Plan, items: torch.Tensor, backgrounds: Backgrounds, dilate: bool = False,
-                  batch: int = 8, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-    """Frames ``start..stop-1`` of ``plan`` as uint8 [H,W,3] RGB; ``items`` [T,C,W] audio items."""
+                  batch: int = 8, start: int = 0, stop: int | None = None,
+                  lip_gap: list[float] | None = None) -> Iterator[np.ndarray]:
+    """Frames ``start..stop-1`` of ``plan`` as uint8 [H,W,3] RGB; ``items`` [T,C,W] audio items. ``lip_gap``: a list
+    that receives each frame's predicted lip opening (the model's FM-hook gap) as the frames are rendered."""
     import torch
 
     from instag.audio.windows import frame_windows
@@ -234,6 +236,8 @@ def render_frames(model, plan: Plan, items: torch.Tensor, backgrounds: Backgroun
         idx = torch.tensor(plan.audio_index[s:e], device=dev)
         out = model.render_frames(plan.cameras[s:e], frame_windows(items, idx), au[s:e],
                                   backgrounds.batch(plan.background_index[s:e], dev), dilate=dilate)
+        if lip_gap is not None:
+            lip_gap.extend(out["lip_gap"].tolist())
         yield from to_uint8(out["image"])
 
 
@@ -339,6 +343,7 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     """Run synthesis for ``cfg``; returns paths, frame count and timings."""
     from instag.data.dataset import load_clip
     from instag.infer.features import audio_items
+    from instag.infer.sessionlog import SessionRecorder, write_session
     from instag.io.folders import check_replaceable
 
     t_start = time.perf_counter()
@@ -366,9 +371,12 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     paste = FullFrame(layout, sorted(set(plan.background_index))) if cfg.full_frame else None
     render_time = [0.0]
     bar = tqdm(total=num_frames, desc="synthesize", unit="frame", file=sys.stderr, disable=cfg.quiet)
+    session = SessionRecorder(cfg.model_path, "synthesize", audio_name=Path(cfg.audio).name,
+                              settings={"dilate": cfg.dilate, "seed": cfg.seed, "batch": cfg.batch})
+    lip_gap: list[float] = []
 
     def frames() -> Iterator[np.ndarray]:
-        it = render_frames(model, plan, items, backgrounds, cfg.dilate, cfg.batch)
+        it = render_frames(model, plan, items, backgrounds, cfg.dilate, cfg.batch, lip_gap=lip_gap)
         k = 0
         while True:
             t = time.perf_counter()
@@ -376,6 +384,7 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
             render_time[0] += time.perf_counter() - t
             if frame is None:
                 return
+            session.frame(1000 * (time.perf_counter() - t))
             yield paste.paste(frame, plan.background_index[k]) if paste is not None else frame
             bar.update(1)
             k += 1
@@ -397,6 +406,7 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
         f"{'' if stats['muxed'] else ', no audio: ffmpeg unavailable or no wav'}); rendering {result['render_fps']:.1f} FPS, "
         f"end to end {total:.2f} s (features {t_features:.2f}, render {render_time[0]:.2f}, "
         f"encode {result['time_encode']:.2f}, mux {stats['mux']:.2f})")
+    write_session(session, info.get("samples"), info.get("wav"), plan, lip_gap)
     return result
 
 

@@ -198,7 +198,8 @@ class TalkingHead(nn.Module):
         dilate: bool = False,
     ) -> dict[str, Tensor]:
         """Render B frames at once: audio_windows ``[B,8,C,W]``, au_exps ``[B,6]``, backgrounds
-        ``[B,3,H,W]`` in [0,1] -> dict(image ``[B,3,H,W]``, face_alpha, mouth_alpha ``[B,1,H,W]``)."""
+        ``[B,3,H,W]`` in [0,1] -> dict(image ``[B,3,H,W]``, face_alpha, mouth_alpha ``[B,1,H,W]``, lip_gap ``[B]``:
+        the FM hook's gap, how far the model parts the lips)."""
         self._check_window(audio_windows)
         dev = self.device
         audio_windows = audio_windows.to(dev, torch.float32)
@@ -207,7 +208,8 @@ class TalkingHead(nn.Module):
         cams = [c.to(dev) for c in cameras]
         face_audio = self.face_field.audio(audio_windows)
         face = self.deform_face(face_audio, au_exps, align=self.align)
-        mouth = self.deform_mouth(self.mouth_field.audio(audio_windows), self.hook(face_audio, self.align), align=self.align)
+        hook = self.hook(face_audio, self.align)  # [B,3]; its gap is also returned: the model's own lip opening
+        mouth = self.deform_mouth(self.mouth_field.audio(audio_windows), hook, align=self.align)
         batch = audio_windows.shape[0]
 
         def raster(d: Deformed):
@@ -222,7 +224,7 @@ class TalkingHead(nn.Module):
             mouth_alpha = F.max_pool2d(mouth_alpha, DILATE_KERNEL, stride=1, padding=DILATE_KERNEL // 2)
         mouth_img = rm.color + (1 - mouth_alpha) * backgrounds
         image = rf.color + (1 - rf.alpha) * mouth_img
-        return {"image": image.clamp(0, 1), "face_alpha": rf.alpha, "mouth_alpha": rm.alpha}
+        return {"image": image.clamp(0, 1), "face_alpha": rf.alpha, "mouth_alpha": rm.alpha, "lip_gap": hook[:, 2]}
 
     @torch.no_grad()
     def render_frame(
