@@ -11,7 +11,8 @@ of a frame behind the audio that completed it; and the sustained FPS of the as-f
 Rows with ``lookahead_ms`` run the low-latency mode (frames after i·40 ms + that much audio, the
 rest of the window as silence) and report ``psnr_vs_offline``, the mean PSNR of its frames
 against offline synthesis of the same audio (from the MSE over all frames; ``inf`` = identical,
-as the exact mode must be).
+as the exact mode must be). Pause handling is off in both (a stream decides pauses against the loudness heard so
+far, offline synthesis against the whole clip's).
 """
 
 from __future__ import annotations
@@ -99,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         for lookahead in (None, cfg.lookahead_ms):
             for chunk_ms in cfg.chunks:
                 chunk = int(chunk_ms * 16)
-                synth = StreamSynthesizer(warm.model, warm.clip, batch=cfg.batch, lookahead_ms=lookahead)
+                synth = StreamSynthesizer(warm.model, warm.clip, batch=cfg.batch, lookahead_ms=lookahead, pauses=False)
                 row = {"chunk_ms": chunk_ms, "lookahead_ms": 292 if lookahead is None else lookahead,
                        **_realtime(synth, samples, chunk)}
                 frames = []
-                fast_synth = StreamSynthesizer(warm.model, warm.clip, batch=cfg.batch, lookahead_ms=lookahead)
+                fast_synth = StreamSynthesizer(warm.model, warm.clip, batch=cfg.batch, lookahead_ms=lookahead, pauses=False)
                 fast = run_stream(fast_synth, samples, chunk_ms, on_frame=frames.append)
                 row["fast_fps"] = fast["fps"]
                 row["fast_first_latency_ms"] = 1000 * fast["first_frame_latency_s"]

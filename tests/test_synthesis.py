@@ -13,7 +13,9 @@ from synthetic_clip import make_clip, speech  # tests/synthetic_clip.py: the sha
 
 from instag.data.format import DatasetLayout
 from instag.infer.features import MelFeatureBuilder, mel_items
-from instag.infer.synthesize import SynthesizeConfig, blink_track, pingpong, synthesize
+from instag.infer.performance import Performance, Performer
+from instag.infer.pose import pingpong
+from instag.infer.synthesize import SynthesizeConfig, synthesize
 from instag.io.encode import probe_media
 from instag.io.wav import write_wav
 
@@ -44,12 +46,15 @@ def test_pingpong_has_no_jump():
 
 
 def test_blink_track_rate_and_prefix_stability():
-    train = np.where(np.arange(250) % 50 == 10, 2.0, 0.1)  # 5 blinks in 10 s
-    track = blink_track(train, 1500, seed=3)
-    assert track.min() == pytest.approx(np.percentile(train, 10))
+    train = np.zeros((250, 9), np.float32)
+    train[:, -1] = np.where((np.arange(250) + 25) % 50 < 7, 2.0, 0.1)  # AU45: 5 blinks in 10 s
+    frames = np.arange(1500)
+    track = Performer(train, True, Performance(), seed=3).au(train[frames % 250], frames)[:, -1]
+    assert track.min() == pytest.approx(np.percentile(train[:, -1], 10))
     rises = int(np.sum((track[1:] > 1.0) & (track[:-1] <= 1.0)))
-    assert 15 <= rises <= 45  # about 30 blinks a minute
-    np.testing.assert_array_equal(blink_track(train, 700, seed=3), track[:700])
+    assert 25 <= rises <= 30  # the clip's 30 a minute
+    again = Performer(train, True, Performance(), seed=3).au(train[frames[:700] % 250], frames[:700])[:, -1]
+    np.testing.assert_array_equal(again, track[:700])  # a stream asking for less gets the same prefix
 
 
 def test_blockwise_mel_matches_extractor_and_chunking():

@@ -83,7 +83,7 @@ def test_dataset_sample_and_downscale(clips):
     assert clip.size == (16, 16) and clip.frames[0].camera.width == 16
     s = FrameDataset([clip], cache_bytes=1 << 20)[(0, 2)]
     assert s["image"].shape == (3, 16, 16) and s["image"].dtype == torch.uint8
-    assert s["audio"].shape == (8, 80, 16) and s["au"].shape == (6,)
+    assert s["audio"].shape == (8, 80, 16) and s["au"].shape == (9,)
     assert s["lip_valid"] and s["lip_target"].shape == (80,)
 
 

@@ -57,3 +57,66 @@ def silent_frames(samples: np.ndarray, num_frames: int) -> np.ndarray:
     padded = np.concatenate([np.ones(SILENCE_SPAN, bool), quiet, np.ones(SILENCE_SPAN, bool)])
     span = 2 * SILENCE_SPAN + 1
     return np.lib.stride_tricks.sliding_window_view(padded, span).all(axis=1)
+
+
+class SilenceTracker:
+    """:func:`silent_frames` for audio that arrives in pieces (streaming synthesis).
+
+    A frame is decided once the audio of its own window and of the :data:`SILENCE_SPAN` frames on either side has
+    arrived, against the loud-speech level of the audio heard by then (the whole clip's is not known yet), and is
+    never changed afterwards. Each frame's speech-band energy is computed once.
+    """
+
+    def __init__(self):
+        self.samples = np.zeros(0, np.float64)
+        self.finished = False
+        self._energy: list[float] = []
+        self._flags: list[bool] = []
+        self._heard = False  # any sample above digital silence so far
+
+    def push(self, samples: np.ndarray) -> None:
+        x = np.asarray(samples, dtype=np.float64).reshape(-1)
+        self._heard = self._heard or bool(np.any(np.abs(x) > 1e-6))
+        self.samples = np.concatenate([self.samples, x])
+
+    def finish(self) -> None:
+        self.finished = True
+
+    def _energies(self, upto: int) -> np.ndarray:
+        """Band energies of the frames whose window has arrived (once finished: of frames up to ``upto`` + the span,
+        zeros past the end, as :func:`silent_frames` pads)."""
+        hop = SAMPLE_RATE / FPS
+        win = int(round(2 * hop))
+        n_fft = 1 << (win - 1).bit_length()
+        freqs = np.fft.rfftfreq(n_fft, 1.0 / SAMPLE_RATE)
+        band = (freqs >= SPEECH_BAND[0]) & (freqs <= SPEECH_BAND[1])
+        while True:
+            start = int(round(len(self._energy) * hop)) - win // 2
+            if (len(self._energy) >= upto + SILENCE_SPAN) if self.finished else start + win > self.samples.size:
+                break
+            piece = np.zeros(win)
+            lo, hi = max(start, 0), min(start + win, self.samples.size)
+            if hi > lo:
+                piece[lo - start : hi - start] = self.samples[lo:hi]
+            spec = np.abs(np.fft.rfft(piece * np.hanning(win), n_fft)) ** 2
+            self._energy.append(float(spec[band].sum()))
+        return np.asarray(self._energy)
+
+    def decided(self, upto: int) -> np.ndarray:
+        """Boolean [upto]: the decided frames' flags, False for frames not decided yet."""
+        energy = self._energies(upto)
+        last = upto if self.finished else energy.size - SILENCE_SPAN  # frames whose whole span has arrived
+        if last > len(self._flags):
+            if not self._heard:
+                quiet = np.ones(energy.size, bool)
+            else:
+                floor = max(np.percentile(energy, 99) * 1e-4, 1e-12)
+                envelope = np.log(energy + floor)
+                quiet = 10.0 * (envelope - np.percentile(envelope, 99)) / np.log(10.0) < SILENCE_DB
+            padded = np.concatenate([np.ones(SILENCE_SPAN, bool), quiet, np.ones(SILENCE_SPAN, bool)])
+            for j in range(len(self._flags), last):
+                self._flags.append(bool(padded[j : j + 2 * SILENCE_SPAN + 1].all()))
+        out = np.zeros(upto, bool)
+        take = min(upto, len(self._flags))
+        out[:take] = self._flags[:take]
+        return out

@@ -23,12 +23,21 @@ import numpy as np
 import torch
 
 from instag.data.cameras import FrameCamera, load_cameras
-from instag.data.format import PARSING_BGR, DatasetLayout
+from instag.data.format import (
+    EXPRESSION_AUS,
+    LEGACY_EXPRESSION_AUS,
+    PARSING_BGR,
+    SLOW_AU_FRAMES,
+    SLOW_AUS,
+    DatasetLayout,
+)
 from instag.errors import InstagError
 from instag.io.safe_load import load_npy, load_torch
 
 FACE, HAIR, MOUTH = 1, 2, 4
-AU_EXP_COLUMNS = ("AU01_r", "AU04_r", "AU05_r", "AU06_r", "AU07_r", "AU45_r")
+AU_EXP_COLUMNS = tuple(f"{a}_r" for a in EXPRESSION_AUS)  # the face field's AU condition, AU45 last
+AU45 = len(AU_EXP_COLUMNS) - 1  # column of au_exp holding the blink
+_AU_REQUIRED = tuple(f"{a}_r" for a in LEGACY_EXPRESSION_AUS) + ("AU25_r",)  # the others default to 0
 LIP_OUTER = slice(48, 60)
 LIP_INNER = slice(60, 68)
 PRIOR_HINT = "rerun the priors step (instag process --task priors) or delete the file"
@@ -63,16 +72,25 @@ def _read_au(layout: DatasetLayout, num: int) -> dict[str, np.ndarray] | None:
     from instag.preprocess.au import read_au_csv
 
     table = {k.strip(): np.asarray(v, dtype=np.float32) for k, v in read_au_csv(layout.au_csv).items()}
-    missing = [c for c in AU_EXP_COLUMNS + ("AU25_r",) if c not in table]
+    missing = [c for c in _AU_REQUIRED if c not in table]
     if missing:
         raise InstagError(f"{layout.au_csv} lacks columns {missing}; re-run AU estimation (instag process --task au)")
-    out = {}
+    out = {}  # an AU of the condition that a trimmed csv lacks (AU02, AU12, AU15) stays 0, neutral
     for col in AU_EXP_COLUMNS + ("AU25_r",):
-        v = table[col]
+        v = table.get(col, np.zeros(num, np.float32))
         if len(v) < num:
             v = np.concatenate([v, np.full(num - len(v), v[-1] if len(v) else 0.0, np.float32)])
-        out[col] = v
+        out[col] = slow_part(v) if col[:-2] in SLOW_AUS else v
     return out
+
+
+def slow_part(values: np.ndarray, frames: int = SLOW_AU_FRAMES) -> np.ndarray:
+    """Centred moving average of ``values`` [n] over ``frames`` (edges mirrored): an AU's slow (expression) part."""
+    if len(values) < 2:
+        return values
+    half = min(frames // 2, len(values) - 1)
+    padded = np.pad(np.asarray(values, np.float64), half, mode="reflect")
+    return (np.convolve(padded, np.ones(2 * half + 1) / (2 * half + 1), mode="valid")).astype(np.float32)
 
 
 def _find_prior_dir(layout: DatasetLayout, kind: str) -> tuple[Path | None, bool]:
@@ -89,7 +107,7 @@ class Clip:
     """One processed clip's whole-clip data, for one split.
 
     frames: cameras of the split (after ``n_views``); size (H, W) the training resolution;
-    features ``[T,C,W]`` audio items; ``au_exp [n,6]``, ``blink [n]``, ``au25 [n]``,
+    features ``[T,C,W]`` audio items; ``au_exp [n,9]`` (:data:`AU_EXP_COLUMNS`), ``blink [n]``, ``au25 [n]``,
     ``opening [n]`` (inner-lip gap in px at native size), ``lips_rect [n,4]`` at training size;
     ``lip_target [n,80]`` (normalised lip landmarks minus the clip mean) and ``lip_valid [n]``.
     """
@@ -242,12 +260,12 @@ def load_clip(
     au = _read_au(layout, total)
     if au is not None:
         au_exp = np.stack([au[c][indices] for c in AU_EXP_COLUMNS], axis=1).astype(np.float32)
-        au_exp[:, 5] = np.clip(au_exp[:, 5], 0, 2)
-        blink = au_exp[:, 5] / 2.0
+        au_exp[:, AU45] = np.clip(au_exp[:, AU45], 0, 2)
+        blink = au_exp[:, AU45] / 2.0
         au25 = au["AU25_r"][indices].astype(np.float32)
     else:
         print(f"instag: {layout.au_csv} missing: AU conditions are zero and mouth curriculum uses lip opening", file=sys.stderr)
-        au_exp = np.zeros((len(indices), 6), np.float32)
+        au_exp = np.zeros((len(indices), len(AU_EXP_COLUMNS)), np.float32)
         blink = np.zeros(len(indices), np.float32)
         au25 = opening.copy()
     p95 = float(np.percentile(au25, 95)) if len(au25) else 0.0
@@ -335,7 +353,7 @@ class FrameDataset(torch.utils.data.Dataset):
     """Frames of several clips, indexed by ``(clip, position)``; reads from disk with an LRU cache.
 
     A sample is a dict: clip, pos, index (ints); image, background uint8 ``[3,H,W]`` (RGB);
-    masks uint8 ``[H,W]`` (FACE|HAIR|MOUTH bits); audio float32 ``[8,C,W]``; au float32 ``[6]``;
+    masks uint8 ``[H,W]`` (FACE|HAIR|MOUTH bits); audio float32 ``[8,C,W]``; au float32 ``[9]`` (AU_EXP_COLUMNS);
     lips_rect int64 ``[4]``; lip_target float32 ``[80]``, lip_valid bool; lip_flow float32 ``[40,2]`` when
     the clip is tracked; and with priors
     depth float32 ``[1,H,W]``, normal float32 ``[3,H,W]`` (camera space, OpenCV axes; 0 = none).

@@ -56,6 +56,16 @@ AUDIO_FEATURE_FILES = {
 
 VALIDATION_SECONDS = 12
 
+# The face motion field's AU condition, in this order: OpenFace intensity columns (``" AU01_r"`` ...), AU45
+# (blink, clipped to [0, 2]) last because it passes the expression MLP unencoded (METHOD §2.5).
+EXPRESSION_AUS = ("AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU12", "AU15", "AU45")
+# The condition of checkpoints made before AU02, AU12 and AU15 joined it (METHOD §1.8's six).
+LEGACY_EXPRESSION_AUS = ("AU01", "AU04", "AU05", "AU06", "AU07", "AU45")
+# The mouth-corner AUs also follow the speech (an "ee" widens the mouth as a smile does): the condition keeps their
+# slow part (a 1-s moving average), so that it tells expression, not the words the audio already tells.
+SLOW_AUS = ("AU12", "AU15")
+SLOW_AU_FRAMES = 25
+
 
 @dataclass(frozen=True)
 class DatasetLayout:

@@ -17,6 +17,15 @@ differ slightly from offline ones around the mouth (``bench/stream.py`` measures
 The mel level reference must be fixed before the first frame: it is measured on the audio
 received by then (or given with ``--reference_db``) and printed, so an offline run can match.
 
+A performance (:mod:`instag.infer.performance`: ``--performance``, ``--expression``, ``--blink``, ``--pose``,
+``--au_csv``) drives the stream as it drives offline synthesis, and events can arrive while it runs
+(:meth:`StreamSynthesizer.add_event`; ``--stdin_events``: one JSON event a line on stdin, e.g.
+``{"expression": "happy", "intensity": 0.8, "duration": 3}``): an event without a time starts at the next
+frame to be made, one whose start has passed starts there too, and frames already made never change. Pauses
+are decided frame by frame (:class:`instag.audio.activity.SilenceTracker`: the loud-speech level is that of
+the audio heard so far), so in pauses a stream may differ from offline synthesis (``pauses=False`` keeps them
+identical).
+
 API::
 
     synth = StreamSynthesizer.from_paths("data/<ID>", "output/<ID>")
@@ -31,7 +40,10 @@ or ``for frame in stream_frames(synth, chunks): ...``.
 
 from __future__ import annotations
 
+import json
+import queue
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -42,7 +54,8 @@ import numpy as np
 from instag.config import parse
 from instag.data.format import AUDIO_SAMPLE_RATE, FPS, DatasetLayout
 from instag.errors import InstagError
-from instag.infer.synthesize import Backgrounds, Plan, blink_track, load_model, pingpong, render_frames
+from instag.infer.performance import Performance, parse_event, performance_from_options
+from instag.infer.synthesize import Backgrounds, Director, Plan, load_model, render_frames
 
 LOOKAHEAD_ITEMS = 3  # frame i needs items up to i+3
 STREAMING_EXTRACTORS = ("whisper", "mel")
@@ -52,7 +65,9 @@ class StreamSynthesizer:
     """Incremental synthesis for one model and its training clip (pose/background source)."""
 
     def __init__(self, model, clip, *, dilate: bool = False, reference_db: float | None = None, seed: int = 0,
-                 batch: int = 8, lookahead_ms: float | None = None):
+                 batch: int = 8, lookahead_ms: float | None = None, performance: Performance | None = None,
+                 pauses: bool = True):
+        from instag.audio.activity import SilenceTracker
         from instag.infer.features import MelFeatureBuilder, WhisperFeatureBuilder  # torch, kept out of --help
 
         if model.audio_extractor not in STREAMING_EXTRACTORS:
@@ -70,7 +85,8 @@ class StreamSynthesizer:
         self.next_frame = 0
         cam0 = clip.frames[0].camera
         self.backgrounds = Backgrounds(clip.layout, (cam0.height, cam0.width))
-        self._au45: np.ndarray | None = None
+        self.director = Director(clip, performance, seed, pauses)
+        self.silence = SilenceTracker() if pauses else None
         self.first_frame_audio_s: float | None = None
         self.lip_gap: list[float] = []  # per delivered frame: the model's predicted lip opening (session logs)
 
@@ -85,19 +101,15 @@ class StreamSynthesizer:
     def reference_db(self) -> float | None:
         return self.features.reference_db
 
-    def _plan(self, upto: int) -> Plan:
-        """Plan of frames 0..upto-1 (identical to offline :func:`pingpong_plan` on its prefix)."""
-        clip = self.clip
-        n = len(clip.frames)
-        order = [pingpong(k, n) for k in range(upto)]
-        au = clip.au_exp[order].copy()
-        if clip.has_au:
-            if self._au45 is None or self._au45.shape[0] < upto:
-                horizon = max(upto, 2 * (0 if self._au45 is None else self._au45.shape[0]), 30 * FPS)
-                self._au45 = blink_track(clip.au_exp[:, 5], horizon, self.seed)  # prefix-stable in the horizon
-            au[:, 5] = self._au45[:upto]
-        return Plan([clip.frames[j].camera for j in order], [clip.frames[j].index for j in order],
-                    au.astype(np.float32), list(range(upto)))
+    def add_event(self, event: dict | str, where: str = "event") -> None:
+        """A timeline event (a dict or one JSON line, :func:`instag.infer.performance.parse_event`) for the frames
+        still to come; a bad one raises :class:`InstagError` naming ``where``."""
+        if isinstance(event, str):
+            try:
+                event = json.loads(event)
+            except ValueError as err:
+                raise InstagError(f"{where}: not valid JSON ({err})") from err
+        self.director.performer.add(parse_event(event, where, self.next_frame / FPS), self.next_frame)
 
     def _render_upto(self, stop: int) -> Iterator[np.ndarray]:
         if stop <= self.next_frame:
@@ -106,22 +118,28 @@ class StreamSynthesizer:
             self.first_frame_audio_s = self.features.samples.shape[0] / AUDIO_SAMPLE_RATE
         items_needed = stop + LOOKAHEAD_ITEMS if not self.features.finished else self.features.total_frames()
         items = self.features.items(items_needed, provisional=self.lookahead_ms is not None)
-        plan = self._plan(stop)
+        silent = None
+        if self.silence is not None:
+            silent = self.silence.decided(max(items.shape[0], stop))
+            items = self.director.quiet_items(items, silent, self.model.audio_extractor)
         start = self.next_frame
-        for frame in render_frames(self.model, plan, items, self.backgrounds, self.dilate, self.batch, start=start, stop=stop,
-                                   lip_gap=self.lip_gap):
+        plan = self.director.plan(start, stop, silent)
+        for frame in render_frames(self.model, plan, items, self.backgrounds, self.dilate, self.batch, lip_gap=self.lip_gap):
             self.next_frame += 1
             yield frame
 
     def delivered_plan(self) -> Plan:
-        """What drove the frames delivered so far (cameras, AUs), for the session log."""
-        return self._plan(self.next_frame)
+        """Plan of the frames delivered so far (events and pause decisions made later do not change them)."""
+        silent = self.silence.decided(self.next_frame) if self.silence is not None else None
+        return self.director.plan(0, self.next_frame, silent)
 
     def push(self, samples: np.ndarray) -> Iterator[np.ndarray]:
         """Add 16 kHz mono float32 samples; yields the frames (uint8 [H,W,3] RGB) they complete."""
         from instag.audio.mel import frame_count
 
         self.features.push(samples)
+        if self.silence is not None:
+            self.silence.push(samples)
         ready = self.features.ready_frames() - LOOKAHEAD_ITEMS
         if self.lookahead_ms is not None:  # frame i once i·40 ms + lookahead of audio is in
             received_ms = 1000.0 * self.features.samples.shape[0] / AUDIO_SAMPLE_RATE
@@ -132,6 +150,8 @@ class StreamSynthesizer:
     def finish(self) -> Iterator[np.ndarray]:
         """End of audio: yields the remaining frames."""
         self.features.finish()
+        if self.silence is not None:
+            self.silence.finish()
         yield from self._render_upto(self.features.total_frames())
         self.backgrounds.close()
 
@@ -161,14 +181,31 @@ class StreamConfig:
     batch: int = field(default=8, metadata={"help": "largest number of frames rendered at once"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar"})
+    performance: str | None = field(default=None, metadata={"help": "JSON timeline of the performance (see instag synthesize --help)"})
+    expression: str | None = field(default=None, metadata={"help": "expressions over time, e.g. happy:0.7@2.0-4.5,surprised:0.5@6-7"})
+    blink: str | None = field(default=None, metadata={"help": "auto, off, or blinks per minute (default: auto)"})
+    pose: str | None = field(default=None, metadata={"help": "pingpong, train, still, or a clip folder, track_params.pt or pose csv (default: pingpong)"})
+    au_csv: str | None = field(default=None, metadata={"help": "OpenFace-format AU csv replacing the default AUs of the columns it holds"})
+    pauses: bool | None = field(default=None, metadata={"help": "in pauses close the mouth and relax the face (default: true)"})
+    stdin_events: bool = field(default=False, metadata={
+        "help": 'read timeline events from stdin while streaming, one JSON object a line, e.g. {"gesture": "nod"}'})
+
+
+def read_events(lines: Iterable[str], events: queue.Queue) -> None:
+    """Put each non-empty line of ``lines`` (e.g. stdin) on ``events`` as (where, line); runs in a thread."""
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            events.put((f"stdin line {number}", line))
 
 
 def run_stream(synth: StreamSynthesizer, samples: np.ndarray, chunk_ms: int = 200, realtime: bool = False,
-               on_frame=None) -> dict:
+               on_frame=None, events: queue.Queue | None = None) -> dict:
     """Feed ``samples`` in chunks; returns latency and throughput figures.
 
     ``first_frame_latency_s``: from the arrival of the chunk that completed the first frame to
     that frame being ready. ``first_frame_audio_s``: audio received when the first frame was due.
+    ``events``: a queue of (where, JSON line) timeline events, taken before each chunk; a bad one is reported
+    on stderr and skipped.
     """
     import torch
 
@@ -182,6 +219,12 @@ def run_stream(synth: StreamSynthesizer, samples: np.ndarray, chunk_ms: int = 20
         if realtime:
             due = t0 + (s + chunk) / AUDIO_SAMPLE_RATE
             time.sleep(max(0.0, due - time.perf_counter()))
+        while events is not None and not events.empty():
+            where, line = events.get_nowait()
+            try:
+                synth.add_event(line, where)
+            except InstagError as err:
+                print(f"instag stream: event skipped: {err}", file=sys.stderr)
         t_chunk = time.perf_counter()
         for frame in synth.push(samples[s : s + chunk]):
             if first_latency is None:
@@ -219,10 +262,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if cfg.chunk_ms < 1 or cfg.batch < 1:
         raise InstagError("--chunk_ms and --batch must be at least 1")
+    performance = performance_from_options(cfg.performance, cfg.expression, cfg.blink, cfg.pose, cfg.au_csv)
+    pauses = cfg.pauses if cfg.pauses is not None else performance.pauses is not False
     samples = load_audio_16k_mono(cfg.audio)
     synth = StreamSynthesizer.from_paths(cfg.source_path, cfg.model_path, cfg.device, dilate=cfg.dilate,
                                          reference_db=cfg.reference_db, seed=cfg.seed, batch=cfg.batch,
-                                         lookahead_ms=cfg.lookahead_ms)
+                                         lookahead_ms=cfg.lookahead_ms, performance=performance, pauses=pauses)
+    events: queue.Queue | None = None
+    if cfg.stdin_events:
+        events = queue.Queue()
+        threading.Thread(target=read_events, args=(sys.stdin, events), daemon=True).start()
     out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}_stream.mp4"
     silent = out.with_name(f".{out.stem}.silent.mp4")
     num_frames = frame_count(samples.shape[0])
@@ -238,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     session = SessionRecorder(cfg.model_path, "stream", audio_name=Path(cfg.audio).name, settings={
         "chunk_ms": cfg.chunk_ms, "realtime": cfg.realtime, "lookahead_ms": cfg.lookahead_ms, "dilate": cfg.dilate})
     with bar, VideoWriter(silent, fps=FPS) as writer:
-        stats = run_stream(synth, samples, cfg.chunk_ms, cfg.realtime, on_frame)
+        stats = run_stream(synth, samples, cfg.chunk_ms, cfg.realtime, on_frame, events)
     if ffmpeg_exe() is not None:
         mux_audio(silent, cfg.audio, out)
         silent.unlink(missing_ok=True)

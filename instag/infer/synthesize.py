@@ -5,10 +5,11 @@ writes ``output/<ID>/inference/<audio name>.mp4``:
 
 - audio: a wav (features extracted with the model's extractor; mel block by block so that
   streaming gives the same frames, :mod:`instag.infer.features`) or a feature ``.npy``;
-- head pose, torso and background: the training frames played forward then backward
-  (ping-pong, no jump where the loop turns) for as long as the audio lasts;
-- eye and brow AUs: the training frames' values along the same ping-pong, with blinks drawn
-  at the training clip's blink rate and depth (or an OpenFace-format csv with ``--au_csv``);
+- a performance (:mod:`instag.infer.performance`): ``--expression happy:0.7@2-4.5``, ``--blink auto|off|N``,
+  ``--pose pingpong|train|still|FILE`` (:mod:`instag.infer.pose`), ``--au_csv``, nod/shake/tilt gestures and
+  blinks on request, all in one ``--performance perf.json``; by default the training frames play forward then
+  backward (ping-pong) for pose, torso, background and AUs, with generated blinks, and in pauses of the speech
+  the mouth closes and the face relaxes (``--pauses false`` turns that off);
 - ``--dilate``: 13×13 dilation of the mouth alpha (METHOD §2.10); ``--full_frame``: paste the
   rendered crop back into the source video's framing (``crop.json``); ``--save_frames``: PNGs too.
 
@@ -34,17 +35,15 @@ from tqdm import tqdm
 
 from instag.audio.registry import EXTRACTORS as AUDIO_EXTRACTORS
 from instag.config import parse
-from instag.data.format import FPS, DatasetLayout
+from instag.data.format import EXPRESSION_AUS, FPS, SLOW_AUS, DatasetLayout
 from instag.errors import InstagError
+from instag.infer.performance import Performance, Performer, blend_toward_silence, performance_from_options
+from instag.infer.pose import PoseTrack, cameras_with_poses, gesture_angles, with_gestures
 
 if TYPE_CHECKING:  # torch loads in the functions that use it, so that `instag synthesize --help` answers at once
     import torch
 
     from instag.render import Camera
-
-BLINK_FRAMES = 7  # ~280 ms, a typical blink
-MIN_BLINK_GAP_S = 1.2
-DEFAULT_BLINKS_PER_MIN = 15.0
 
 
 @dataclass
@@ -61,7 +60,18 @@ class SynthesizeConfig:
     dilate: bool = field(default=False, metadata={"help": "dilate the mouth alpha 13x13 before compositing (recommended)"})
     full_frame: bool = field(default=False, metadata={"help": "paste the render back into the source video's framing (crop.json)"})
     save_frames: bool = field(default=False, metadata={"help": "also write every frame as PNG beside the video"})
-    au_csv: str | None = field(default=None, metadata={"help": "OpenFace-format AU csv driving eyes and brows (default: training-clip statistics)"})
+    performance: str | None = field(default=None, metadata={
+        "help": "JSON timeline of the performance: settings (blink, pose, au_csv, pauses) and events (expression, aus, "
+                "blink, gesture); the flags below override its settings"})
+    expression: str | None = field(default=None, metadata={
+        "help": "expressions over time, NAME[:INTENSITY 0-1][@START[-END] s], comma-separated, e.g. "
+                "happy:0.7@2.0-4.5,surprised:0.5@6-7 (happy, sad, surprised, angry, brows_up, neutral; AU12:2@1-2 for one AU)"})
+    blink: str | None = field(default=None, metadata={"help": "auto (the training clip's rate), off, or blinks per minute (default: auto)"})
+    pose: str | None = field(default=None, metadata={
+        "help": "head pose: pingpong, train (forward, looped), still, or a pose driver: another processed clip of the person, "
+                "a track_params.pt or a pose csv (default: pingpong)"})
+    au_csv: str | None = field(default=None, metadata={"help": "OpenFace-format AU csv, one row per frame, replacing the default AUs of the columns it holds"})
+    pauses: bool | None = field(default=None, metadata={"help": "in pauses of the speech close the mouth and relax the face (default: true)"})
     reference_db: float | None = field(default=None, metadata={"help": "mel level reference in dB (default: the clip's own; streaming prints the one it used)"})
     seed: int = field(default=0, metadata={"help": "seed of the blink timing"})
     batch: int = field(default=8, metadata={"help": "frames rendered per batch"})
@@ -70,66 +80,10 @@ class SynthesizeConfig:
 
 
 # ---------------------------------------------------------------------------------------- planning
-def pingpong(k: int, n: int) -> int:
-    """Index into n frames of the k-th frame of a forward-backward loop (0,1,..,n-1,n-2,..,1,0,1,..)."""
-    if n <= 1:
-        return 0
-    period = 2 * n - 2
-    j = k % period
-    return j if j < n else period - j
-
-
-def blink_track(train_au45: np.ndarray, num_frames: int, seed: int = 0) -> np.ndarray:
-    """AU45 [T] with blinks at the training clip's rate and depth.
-
-    The open-eye level is the training clip's 10th percentile, a blink peaks at its 95th; blinks
-    are counted in training as rises through the midpoint (at least one per 6 s assumed when none
-    is seen) and placed with exponential gaps of at least 1.2 s, each a 7-frame raised cosine.
-    """
-    au45 = np.asarray(train_au45, np.float64)
-    rest, peak = (float(np.percentile(au45, 10)), float(np.percentile(au45, 95))) if au45.size else (0.0, 0.0)
-    if au45.size < 2 or peak - rest < 0.2:
-        rest, peak, rate = rest, max(peak, rest + 1.0), DEFAULT_BLINKS_PER_MIN / 60.0
-    else:
-        mid = (rest + peak) / 2
-        rises = int(np.sum((au45[1:] >= mid) & (au45[:-1] < mid)))
-        rate = max(rises, 1) / max(au45.size / FPS, 6.0)
-    rng = np.random.default_rng(seed)
-    track = np.full(num_frames, rest)
-    shape = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(BLINK_FRAMES) + 1) / (BLINK_FRAMES + 1))
-    t = rng.uniform(0.3, 1.0) / rate * FPS
-    while t < num_frames:
-        start = int(t)
-        seg = track[start : start + BLINK_FRAMES]
-        seg[:] = np.maximum(seg, rest + (peak - rest) * shape[: seg.size])
-        t += max(MIN_BLINK_GAP_S * FPS, rng.exponential(1.0 / rate) * FPS)
-    return track
-
-
-def read_au_exp_csv(path: str | Path, num_frames: int) -> np.ndarray:
-    """au_exp [T,6] (AU01, 04, 05, 06, 07, AU45 clipped to [0,2]) from an OpenFace-format csv,
-    the last row repeated when the csv is shorter."""
-    from instag.data.dataset import AU_EXP_COLUMNS
-    from instag.preprocess.au import read_au_csv
-
-    table = {k.strip(): np.asarray(v, np.float32) for k, v in read_au_csv(Path(path)).items()}
-    missing = [c for c in AU_EXP_COLUMNS if c not in table]
-    if missing:
-        raise InstagError(f"{path} lacks AU columns {missing}; give an OpenFace FeatureExtraction csv")
-    au = np.stack([table[c] for c in AU_EXP_COLUMNS], axis=1)
-    if au.shape[0] == 0:
-        raise InstagError(f"{path} holds no rows")
-    if au.shape[0] < num_frames:
-        au = np.concatenate([au, np.repeat(au[-1:], num_frames - au.shape[0], 0)])
-    au = au[:num_frames].copy()
-    au[:, 5] = np.clip(au[:, 5], 0, 2)
-    return au
-
-
 @dataclass
 class Plan:
     """What drives each output frame: cameras, the frame index giving torso/background (and the
-    source frame for ``--full_frame``), eye/brow AUs [T,6] and the audio item index."""
+    source frame for ``--full_frame``), the AU condition [T, len(EXPRESSION_AUS)] and the audio item index."""
 
     cameras: list[Camera]
     background_index: list[int]
@@ -140,16 +94,53 @@ class Plan:
         return len(self.cameras)
 
 
-def pingpong_plan(clip, num_frames: int, au_exp: np.ndarray | None = None, seed: int = 0) -> Plan:
-    """Plan over the training clip ``clip`` (:func:`instag.data.dataset.load_clip`) for new audio."""
-    n = len(clip.frames)
-    order = [pingpong(k, n) for k in range(num_frames)]
-    if au_exp is None:
-        au_exp = clip.au_exp[order].copy()
-        if clip.has_au:
-            au_exp[:, 5] = blink_track(clip.au_exp[:, 5], num_frames, seed)
-    return Plan([clip.frames[j].camera for j in order], [clip.frames[j].index for j in order],
-                np.asarray(au_exp, np.float32), list(range(num_frames)))
+class Director:
+    """Everything but the audio that drives the output frames of one performance on one training clip (``clip``:
+    :func:`instag.data.dataset.load_clip`): head pose, torso/background frame and AU condition. Frame ``k`` of a
+    plan depends on the events and pause flags up to ``k`` only, so streams and offline runs agree."""
+
+    def __init__(self, clip, performance: Performance | None = None, seed: int = 0, pauses: bool = True):
+        performance = performance if performance is not None else Performance()
+        self.clip = clip
+        self.performer = Performer(clip.au_exp, clip.has_au, performance, seed, pauses)
+        self.poses = PoseTrack([f.camera for f in clip.frames], performance.pose or "pingpong")
+        self.held = [EXPRESSION_AUS.index(a) for a in SLOW_AUS]
+        self._silence_item = None
+
+    @property
+    def performance(self) -> Performance:
+        return self.performer.performance
+
+    def plan(self, start: int, stop: int, silent: np.ndarray | None = None) -> Plan:
+        """Plan of output frames ``start..stop-1``; ``silent`` [>= stop] pause flags from frame 0 (None: no pauses)."""
+        frames = np.arange(start, stop)
+        rots, trans, pos = self.poses.at(frames)
+        rots, trans = with_gestures(rots, trans, gesture_angles(self.performance.gestures, frames))
+        default = self.clip.au_exp[pos].copy()  # brows and lids as they moved in training
+        default[:, self.held] = self.performer.rest[self.held]  # the mouth corners moved with the training speech
+        if self.poses.mode == "still":
+            default[:] = self.performer.rest
+        au = self.performer.au(default, frames, silent)
+        cameras = cameras_with_poses([self.clip.frames[p].camera for p in pos], rots, trans)
+        return Plan(cameras, [self.clip.frames[p].index for p in pos], au, frames.tolist())
+
+    def quiet_items(self, items: torch.Tensor, silent: np.ndarray | None, extractor: str) -> torch.Tensor:
+        """Audio items [T,C,W] of ``extractor`` blended toward its silence item over pauses (``silent`` [>= T])."""
+        if silent is None:
+            return items
+        weights = self.performer.item_weights(np.asarray(silent[: items.shape[0]], bool))
+        if not (weights > 0).any():
+            return items
+        if self._silence_item is None:
+            from instag.infer.features import silence_items
+
+            self._silence_item = silence_items(8, extractor)[4]  # the middle one: no edge of the audio in its window
+        return blend_toward_silence(items, weights, self._silence_item)
+
+
+def pingpong_plan(clip, num_frames: int, seed: int = 0) -> Plan:
+    """Plan of the default performance without pause handling (ping-pong pose, training AUs, generated blinks)."""
+    return Director(clip, seed=seed, pauses=False).plan(0, num_frames)
 
 
 def split_plan(clip) -> Plan:
@@ -351,6 +342,7 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     frames_dir = out.with_suffix("") if cfg.save_frames else None
     if frames_dir is not None:  # before any work: a folder instag did not write is never replaced
         check_replaceable(frames_dir, frames_contents(out))
+    performance = performance_from_options(cfg.performance, cfg.expression, cfg.blink, cfg.pose, cfg.au_csv)
     layout = DatasetLayout.of(cfg.source_path)
     model = load_model(cfg.model_path, cfg.audio_extractor, cfg.device)
     extractor = model.audio_extractor
@@ -361,8 +353,13 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     if num_frames == 0:
         raise InstagError(f"{cfg.audio} is too short to drive a single frame")
     clip = load_clip(layout.root, "train", extractor)
-    au = read_au_exp_csv(cfg.au_csv, num_frames) if cfg.au_csv else None
-    plan = pingpong_plan(clip, num_frames, au, cfg.seed)
+    pauses = cfg.pauses if cfg.pauses is not None else performance.pauses is not False
+    director = Director(clip, performance, cfg.seed, pauses)
+    silent = pause_flags(info, num_frames) if pauses else None
+    if pauses and silent is None:
+        log(f"instag synthesize: no sound beside {cfg.audio}: pauses are not handled (give the wav)")
+    items = director.quiet_items(items, silent, extractor)
+    plan = director.plan(0, num_frames, silent)
     out.parent.mkdir(parents=True, exist_ok=True)
     cam0 = plan.cameras[0]
     log(f"instag synthesize: {num_frames} frames ({num_frames / FPS:.2f} s) at {cam0.width}x{cam0.height} on "
@@ -408,6 +405,18 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
         f"encode {result['time_encode']:.2f}, mux {stats['mux']:.2f})")
     write_session(session, info.get("samples"), info.get("wav"), plan, lip_gap)
     return result
+
+
+def pause_flags(info: dict, num_frames: int) -> np.ndarray | None:
+    """Pause flags [T] of the driving sound (:func:`instag.audio.activity.silent_frames`), None without its samples."""
+    from instag.audio.activity import silent_frames
+
+    samples = info.get("samples")
+    if samples is None and info.get("wav") is not None:
+        from instag.io.wav import load_audio_16k_mono
+
+        samples = load_audio_16k_mono(info["wav"])
+    return None if samples is None else silent_frames(samples, num_frames)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,10 @@ audio vector per frame. Frames are batched: positions ``[N,3]`` are shared by th
 frames, audio is ``[B,32]`` and outputs are ``[B,N,*]``. Position features do not depend on
 the frame, so they are computed once per call.
 
+AU condition: the face fields read the AUs of :data:`instag.data.format.EXPRESSION_AUS` (AU45 last);
+a field restored from a checkpoint of the six-AU era reads the six it was trained with and ignores
+the others (:func:`conform_aus`), so old checkpoints keep working.
+
 Face-Mouth hook (METHOD §2.6, fixed per §6 item 16): the mouth field is conditioned on the
 k-th largest / smallest vertical displacement of the face Gaussians predicted by the
 universal face field with the AU vector zeroed, at the (aligned, when an aligner is used)
@@ -20,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from instag.data.format import EXPRESSION_AUS, LEGACY_EXPRESSION_AUS
 from instag.model.audio_encoder import AUDIO_DIM, AudioEncoder
 from instag.model.triplane import TriPlaneEncoder
 
 BOUND = 0.15
 MOTION_SCALE = 0.01  # network units -> head units for position offsets
-AU_DIM = 6
+AU_DIM = len(EXPRESSION_AUS)
 HOOK_K = 10
 
 
@@ -82,17 +87,46 @@ class Motion:
         )
 
 
-class _ExpressionBranch(nn.Module):
-    """AU condition: ``e [B,6]`` -> per-point weighted ``[B,N,6]`` (AU45 passes unencoded)."""
+def expression_columns(au_dim: int) -> tuple[str, ...]:
+    """The AUs, in order, of an ``au_dim``-wide AU condition (the current one or the six-AU legacy one)."""
+    for columns in (EXPRESSION_AUS, LEGACY_EXPRESSION_AUS):
+        if au_dim == len(columns):
+            return columns
+    raise ValueError(f"no AU layout is {au_dim} wide (known: {len(EXPRESSION_AUS)}, {len(LEGACY_EXPRESSION_AUS)})")
 
-    def __init__(self, feat_dim: int):
+
+def conform_aus(au: Tensor, columns: tuple[str, ...]) -> Tensor:
+    """AUs ``[..., D]`` in either known layout (by width) -> ``[..., len(columns)]`` in ``columns``' order;
+    an AU the input lacks is 0 (neutral)."""
+    have = expression_columns(au.shape[-1])
+    if have == columns:
+        return au
+    out = au.new_zeros(*au.shape[:-1], len(columns))
+    for j, name in enumerate(columns):
+        if name in have:
+            out[..., j] = au[..., have.index(name)]
+    return out
+
+
+def au_dim_of(state: dict[str, Tensor], prefix: str = "") -> int:
+    """Width of the AU condition that a face field's state dict (keys under ``prefix``) was trained with."""
+    weight = state.get(f"{prefix}expression.exp_net.0.weight")
+    return AU_DIM if weight is None else int(weight.shape[1]) + 1
+
+
+class _ExpressionBranch(nn.Module):
+    """AU condition: ``e [B,D]`` -> per-point weighted ``[B,N,D]`` (AU45, the last, passes unencoded)."""
+
+    def __init__(self, feat_dim: int, au_dim: int = AU_DIM):
         super().__init__()
-        self.exp_net = mlp([AU_DIM - 1, 16, AU_DIM - 1])
-        self.eye_att = mlp([feat_dim, 16, AU_DIM])
+        self.columns = expression_columns(au_dim)
+        self.exp_net = mlp([au_dim - 1, 16, au_dim - 1])
+        self.eye_att = mlp([feat_dim, 16, au_dim])
 
     def forward(self, h: Tensor, au: Tensor) -> tuple[Tensor, Tensor]:
-        enc = torch.cat([self.exp_net(au[:, : AU_DIM - 1]), au[:, AU_DIM - 1 :]], dim=-1)  # [B,6]
-        att = F.relu(self.eye_att(h))  # [N,6]
+        au = conform_aus(au, self.columns)
+        enc = torch.cat([self.exp_net(au[:, :-1]), au[:, -1:]], dim=-1)  # [B,D]
+        att = F.relu(self.eye_att(h))  # [N,D]
         return enc[:, None, :] * att[None], att
 
 
@@ -107,17 +141,27 @@ def _split_face_output(out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 class UniversalFaceField(nn.Module):
     """Universal face motion field: position, audio and AUs -> (Δx, Δq, Δo, Δs) per Gaussian."""
 
-    def __init__(self, item_shape: tuple[int, int]):
+    def __init__(self, item_shape: tuple[int, int], au_dim: int = AU_DIM):
         super().__init__()
         self.encoder = face_encoder()
         self.audio = AudioEncoder(item_shape)
         d = self.encoder.output_dim
         self.audio_att = mlp([d, 32, AUDIO_DIM])
-        self.expression = _ExpressionBranch(d)
-        self.net = mlp([d + AUDIO_DIM + AU_DIM, 64, 64, 11])
+        self.expression = _ExpressionBranch(d, au_dim)
+        self.net = mlp([d + AUDIO_DIM + au_dim, 64, 64, 11])
+
+    def use_au_dim(self, au_dim: int) -> None:
+        """Rebuild the AU-dependent layers for an ``au_dim``-wide condition (before loading a checkpoint of that width)."""
+        if au_dim == len(self.expression.columns):
+            return
+        ref = self.net[0].weight
+        d = self.encoder.output_dim
+        self.expression = _ExpressionBranch(d, au_dim).to(ref.device, ref.dtype)
+        self.net = mlp([d + AUDIO_DIM + au_dim, 64, 64, 11]).to(ref.device, ref.dtype)
 
     def forward(self, xyz: Tensor, audio: Tensor, au: Tensor) -> Motion:
-        """xyz ``[N,3]`` query positions, audio ``[B,32]`` (from ``self.audio``), au ``[B,6]``."""
+        """xyz ``[N,3]`` query positions, audio ``[B,32]`` (from ``self.audio``), au ``[B,AU_DIM]`` (or the
+        legacy ``[B,6]``; see :func:`conform_aus`)."""
         h = self.encoder(xyz)
         att_a = self.audio_att(h)  # [N,32]
         a_w = audio[:, None, :] * att_a[None]
@@ -158,10 +202,12 @@ class PersonalizedField(nn.Module):
     """Per-identity field: a deformation head (pre-training residual) and the motion aligner.
 
     ``kind`` is ``"face"`` (AU branch, 11 outputs, hidden 32) or ``"mouth"`` (7 outputs,
-    hidden 16). ``shared_audio`` re-uses a universal field's audio encoder.
+    hidden 16). ``shared_audio`` re-uses a universal field's audio encoder; ``au_dim`` is the width of
+    the face variant's AU condition (:func:`expression_columns`).
     """
 
-    def __init__(self, kind: str, item_shape: tuple[int, int], shared_audio: AudioEncoder | None = None):
+    def __init__(self, kind: str, item_shape: tuple[int, int], shared_audio: AudioEncoder | None = None,
+                 au_dim: int = AU_DIM):
         super().__init__()
         if kind not in ("face", "mouth"):
             raise ValueError(f"kind must be face or mouth, got {kind!r}")
@@ -173,8 +219,8 @@ class PersonalizedField(nn.Module):
         hidden = 32 if kind == "face" else 16
         self.audio_att = mlp([d, 32, AUDIO_DIM])
         if kind == "face":
-            self.expression = _ExpressionBranch(d)
-            self.deform = mlp([d + AUDIO_DIM + AU_DIM, hidden, hidden, 11])
+            self.expression = _ExpressionBranch(d, au_dim)
+            self.deform = mlp([d + AUDIO_DIM + au_dim, hidden, hidden, 11])
         else:
             self.deform = mlp([d + AUDIO_DIM, hidden, hidden, 7])
         self.align_net = mlp([d, hidden, 6])

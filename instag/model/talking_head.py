@@ -33,6 +33,7 @@ from instag.model.motion import (
     PersonalizedField,
     UniversalFaceField,
     UniversalMouthField,
+    au_dim_of,
     face_mouth_hook,
 )
 from instag.render import Camera, rasterize, rasterize_batch
@@ -137,7 +138,8 @@ class TalkingHead(nn.Module):
         return xyz + p_xyz, p_xyz, p_scale
 
     def deform_face(self, audio: Tensor, au: Tensor, *, align: bool, personal_audio: Tensor | None = None) -> Deformed:
-        """Face cloud for B frames; ``audio`` ``[B,32]`` from ``face_field.audio``, ``au`` ``[B,6]``;
+        """Face cloud for B frames; ``audio`` ``[B,32]`` from ``face_field.audio``, ``au`` ``[B,AU_DIM]``
+        (:data:`instag.data.format.EXPRESSION_AUS`);
         ``personal_audio`` ``[B,32]`` (from ``face_personal.audio``) adds the personalized residual."""
         cloud = self.face
         query, p_xyz, p_scale = self.face_aligner(align)
@@ -197,7 +199,7 @@ class TalkingHead(nn.Module):
         backgrounds: Tensor,
         dilate: bool = False,
     ) -> dict[str, Tensor]:
-        """Render B frames at once: audio_windows ``[B,8,C,W]``, au_exps ``[B,6]``, backgrounds
+        """Render B frames at once: audio_windows ``[B,8,C,W]``, au_exps ``[B,AU_DIM]``, backgrounds
         ``[B,3,H,W]`` in [0,1] -> dict(image ``[B,3,H,W]``, face_alpha, mouth_alpha ``[B,1,H,W]``, lip_gap ``[B]``:
         the FM hook's gap, how far the model parts the lips)."""
         self._check_window(audio_windows)
@@ -230,7 +232,7 @@ class TalkingHead(nn.Module):
     def render_frame(
         self, camera: Camera, audio_window: Tensor, au_exp: Tensor, background: Tensor, dilate: bool = False
     ) -> dict[str, Tensor]:
-        """One frame: audio_window ``[8,C,W]``, au_exp ``[6]``, background ``[3,H,W]`` ->
+        """One frame: audio_window ``[8,C,W]``, au_exp ``[AU_DIM]``, background ``[3,H,W]`` ->
         dict(image ``[3,H,W]``, face_alpha ``[1,H,W]``, mouth_alpha ``[1,H,W]``)."""
         out = self.render_frames([camera], audio_window[None], au_exp[None], background[None], dilate)
         return {k: v[0] for k, v in out.items()}
@@ -287,11 +289,13 @@ class TalkingHead(nn.Module):
 
         face = GaussianCloud.from_state_tensors(sub("face."))
         mouth = GaussianCloud.from_state_tensors(sub("mouth."))
-        face_field = UniversalFaceField(item_shape)
+        # a checkpoint of the six-AU era keeps its six (the other AUs are ignored: motion.conform_aus)
+        face_field = UniversalFaceField(item_shape, au_dim_of(tensors, "face_field."))
         mouth_field = UniversalMouthField(item_shape)
         face_field.load_state_dict(sub("face_field."))
         mouth_field.load_state_dict(sub("mouth_field."))
-        face_personal = PersonalizedField("face", item_shape, face_field.audio if share else None)
+        face_personal = PersonalizedField("face", item_shape, face_field.audio if share else None,
+                                          au_dim_of(tensors, "face_personal."))
         mouth_personal = PersonalizedField("mouth", item_shape, mouth_field.audio if share else None)
         face_personal.load_state_dict(sub("face_personal."))
         mouth_personal.load_state_dict(sub("mouth_personal."))

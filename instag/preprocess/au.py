@@ -108,8 +108,9 @@ def write_au_csv(path: str | Path, intensities: dict[str, np.ndarray], confidenc
     write_text(path, "\n".join(lines) + "\n")
 
 
-def read_au_csv(path: str | Path) -> dict[str, np.ndarray]:
-    """Read an OpenFace (or our) ``au.csv``: ``{column name without the leading space: float64 [N]}``."""
+def read_au_csv(path: str | Path, required: tuple[str, ...] = REQUIRED) -> dict[str, np.ndarray]:
+    """Read an OpenFace (or our) ``au.csv``: ``{column name without the leading space: float64 [N]}``,
+    refusing one that lacks a ``required`` column."""
     path = Path(path)
     if not path.exists():
         raise InstagError(f"{path}: missing; run preprocessing (--task 11) or put OpenFace's csv there")
@@ -128,7 +129,7 @@ def read_au_csv(path: str | Path) -> dict[str, np.ndarray]:
             columns[name] = np.array([float(r[k]) for r in body], dtype=np.float64)
         except (ValueError, IndexError) as err:
             raise InstagError(f"{path}: column {name!r} has a malformed row ({err}); re-export the csv") from err
-    missing = [c for c in REQUIRED if c not in columns]
+    missing = [c for c in required if c not in columns]
     if missing:
         raise InstagError(f"{path}: lacks the columns {', '.join(missing)}; give OpenFace's csv with AU intensities "
                           "(FeatureExtraction -aus) or delete it to estimate AUs from landmarks")

@@ -133,9 +133,14 @@ def load_universal(pretrain_path: str | Path, field: str, module: nn.Module, ext
     if meta.get("format") != UNIVERSAL_FORMAT:
         raise InstagError(f"{t_path} is not a pre-trained universal field (format {meta.get('format')!r})")
     check_extractor(meta, extractor, t_path)
+    state = unprefixed(f"{field}_field.", tensors)
     try:
-        module.load_state_dict(unprefixed(f"{field}_field.", tensors))
-    except RuntimeError as err:
+        if hasattr(module, "use_au_dim"):  # a face field pre-trained on the six-AU condition keeps its six
+            from instag.model.motion import au_dim_of
+
+            module.use_au_dim(au_dim_of(state))
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError) as err:
         raise InstagError(f"{t_path} does not fit this model ({' '.join(str(err).split())[:300]}); re-run pre-training with this version") from err
     return meta
 

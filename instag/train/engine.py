@@ -170,6 +170,8 @@ class Trainer:
                 h.mouth_personal.requires_grad_(True)
         if self.universal is not None:
             self.universal.requires_grad_(cfg.train_universal)
+            if cfg.mode == "adapt" and self.stage == "face":  # adaptation keeps the AU responses pre-training learned
+                self.universal.expression.requires_grad_(False)
 
     def _gauss_lrs(self, extent: float) -> dict[str, float]:
         cfg = self.cfg
