@@ -64,6 +64,9 @@ def _finite(values) -> np.ndarray:
 
 
 def _version_marks(ax, sessions: list[dict]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # sessions are counted
     last = None
     for k, s in enumerate(sessions):
         version = (s.get("model") or {}).get("version")
@@ -114,6 +117,7 @@ def plot_latency(sessions: list[dict]) -> str:
     ax2.plot(x, fps, "o-", color="#2ca02c", label="frames per second (wall clock)")
     ax2.axhline(25, color="#c33", lw=0.8, ls=":", label="25 FPS")
     ax2.set_xlabel("session (in order)")
+    _version_marks(ax, sessions)
     ax2.set_ylabel("FPS")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
