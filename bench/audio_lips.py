@@ -42,11 +42,11 @@ class ClipData:
     """One processed clip: audio items, lip targets, mouth opening, loudness and its recorded A/V offset."""
 
     def __init__(self, root: Path, features: str):
+        from instag.audio.activity import speech_envelope
         from instag.data.dataset import lip_targets
         from instag.io.safe_load import load_npy
         from instag.io.wav import read_wav, to_mono
         from instag.metrics.lips import mouth_opening
-        from instag.audio.activity import speech_envelope
         from instag.preprocess.pipeline import load_meta
 
         self.layout = layout = DatasetLayout.of(root)
@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
+                    help="seeds of the corpus-trained encoder (none: only the loudness and per-person ridge rows)")
     ap.add_argument("--offsets", action="store_true", help="also train with the recorded A/V offsets applied")
     ap.add_argument("--person_frames", type=int, nargs="+", default=[],
                     help="also fit a ridge regression on each evaluation clip's own first N frames (one N, or one per --eval clip)")
@@ -263,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         status = bench_features(args, features, train, evals, rows)
         if status:
             return status
-    result = {"features": args.audio_extractor, "train_clips": [c.name for c in train],
-              "train_frames": int(sum(int(c.valid.sum()) for c in train)), "steps": args.steps, "batch": args.batch,
-              "offsets_applied_in_variant": {c.name: c.offset for c in train if c.shift(True)}, "rows": rows}
+        result = {"features": args.audio_extractor, "done": args.audio_extractor[: k + 1], "train_clips": [c.name for c in train],
+                  "train_frames": int(sum(int(c.valid.sum()) for c in train)), "steps": args.steps, "batch": args.batch,
+                  "seeds": args.seeds, "offsets_applied_in_variant": {c.name: c.offset for c in train if c.shift(True)},
+                  "rows": rows}
+        write_json(Path(args.out), result)  # after every feature spec: a long run keeps what it measured
     print(table(rows, ["features", "predictor", "clip", "corr", "amp", "min", "max", "seeds", "lambda"]))
     print(f"{len(train)} training clips, {result['train_frames']} frames; validation frames of each evaluation clip; "
           "amp: std of the predicted opening over the observed one")
@@ -287,7 +290,7 @@ def bench_features(args, features: str, train: list[ClipData], evals: list[ClipD
             rows.append({"features": features, "predictor": f"ridge on its own first {n} frames", "clip": clip.name,
                          "corr": corr, "amp": amp, "lambda": lam})
     variants = [False, True] if args.offsets else [False]
-    for use_offsets in variants:
+    for use_offsets in variants if args.seeds else []:
         label = "audio encoder, corpus-trained" + (", offsets applied" if use_offsets else "")
         per_seed = []
         for seed in args.seeds:
