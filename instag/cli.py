@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import signal
 import sys
 
 # subcommand -> (module, function, one-line description)
@@ -65,6 +67,15 @@ def _describe_os_error(err: OSError) -> str:
     return f"{path}: {err.strerror or err}; check the path, free disk space and permissions"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler's stop), raised like Ctrl-C so that every cleanup that Ctrl-C runs
+    (partial outputs, staging folders, a processed folder put back as it was) runs for it too."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def run_command(name: str, argv: list[str]) -> int:
     """Run subcommand ``name`` with ``argv``; user errors become one line on stderr."""
     from instag.errors import InstagError
@@ -72,6 +83,9 @@ def run_command(name: str, argv: list[str]) -> int:
 
     module_name, func_name, _ = COMMANDS[name]
     debug = "--debug" in argv
+    if not debug:  # OpenCV's "[ WARN:0@...] imread_(...)" lines would precede our one-line error
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    on_term = signal.signal(signal.SIGTERM, _terminate)  # clean up as on Ctrl-C
     try:
         with contextlib.nullcontext() if debug else filter_native_stderr():  # MediaPipe/TFLite log noise
             func = getattr(importlib.import_module(module_name), func_name)
@@ -83,10 +97,11 @@ def run_command(name: str, argv: list[str]) -> int:
         _close_progress_bars()
         print(f"instag {name}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         _close_progress_bars()
-        print(f"instag {name}: interrupted", file=sys.stderr)
-        return 130
+        terminated = isinstance(err, Terminated)
+        print(f"instag {name}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as err:  # an unexpected failure still gets one line unless --debug
         if debug:
             raise
@@ -97,6 +112,8 @@ def run_command(name: str, argv: list[str]) -> int:
         msg = " ".join(str(err).split()) or type(err).__name__
         print(f"instag {name}: internal error: {type(err).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, on_term)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -238,6 +238,11 @@ def corpus(tmp_path_factory) -> Corpus:
 
 
 # ---------------------------------------------------------------------- datasets and checkpoints
+# adaptation flags of the training-side cases: the tiny preset, a few iterations, CPU, no evaluation
+QUICK_ADAPT = ("--preset", "tiny", "--iterations", "12", "--mouth_iterations", "4", "--fuse_iterations", "2", "--device",
+               "cpu", "--quiet", "--workers", "0", "--evaluate", "false")
+
+
 def synthetic_dataset(root: Path, size: int = 32, n_train: int = 10, n_val: int = 4, seed: int = 0):
     """A generated processed clip (``tests/synthetic_clip.py``) for training-side cases."""
     from synthetic_clip import make_clip

@@ -35,6 +35,7 @@ def speech(n_frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def make_clip(root: Path, size: int = 64, n_train: int = 16, n_val: int = 8, seed: int = 0, teeth: bool = True) -> DatasetLayout:
     from instag.audio.mel import MelExtractor
+    from instag.data.maps import write_mask
     from instag.io.atomic import save_npy
     from instag.io.wav import write_wav
     from instag.preprocess.au import write_au_csv
@@ -66,7 +67,7 @@ def make_clip(root: Path, size: int = 64, n_train: int = 16, n_val: int = 8, see
         if teeth and gap > 3:
             tm[mouth_c[1] - int(gap) : mouth_c[1] - int(gap) + 2, mouth_c[0] - 3 : mouth_c[0] + 3] = True
             img[tm] = (240, 240, 240)
-        np.save(layout.teeth_mask(i), tm)
+        write_mask(layout.teeth_mask(i), tm)
         cv2.imwrite(str(layout.gt_image(i)), img)
         cv2.imwrite(str(layout.ori_image(i)), img)
         cv2.imwrite(str(layout.parsing(i)), parsing)

@@ -8,6 +8,7 @@ The pipeline runs once (module fixture) on the first 2.4 s of ``r3dp_may_5s.mp4`
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from instag.data.format import PARSING_BGR, DatasetLayout
+from instag.data.maps import read_depth, read_mask, read_normal
 from instag.errors import InstagError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -131,13 +133,22 @@ def test_teeth_masks(processed):
     lm = np.load(layout.landmarks)
     any_teeth = 0
     for i in range(0, N, 5):
-        mask = np.load(layout.teeth_mask(i))
+        mask = read_mask(layout.teeth_mask(i), "")
         assert mask.shape == (512, 512) and mask.dtype == bool
         lips = np.zeros((512, 512), np.uint8)
         cv2.fillPoly(lips, [np.round(lm[i, INNER_LIPS, :2]).astype(np.int32)], 1)
         assert not (mask & ~cv2.dilate(lips, np.ones((3, 3), np.uint8)).astype(bool)).any()
         any_teeth += int(mask.sum())
     assert any_teeth > 0  # she speaks: teeth show in some frame
+    # where her mouth is widest open, the teeth (warm-lit, both rows) fill a good part of the inner-lip polygon:
+    # the earlier HSV rule marked a third as much (8 % of it)
+    from instag.metrics.lips import mouth_opening
+
+    widest = int(np.nanargmax(mouth_opening(lm)))
+    lips = np.zeros((512, 512), np.uint8)
+    cv2.fillPoly(lips, [np.round(lm[widest, INNER_LIPS, :2]).astype(np.int32)], 1)
+    mask = read_mask(layout.teeth_mask(widest), "")
+    assert mask.sum() >= 0.15 * lips.sum(), (widest, mask.sum(), lips.sum())
 
 
 def test_au_csv(processed):
@@ -193,8 +204,8 @@ def test_transforms(processed):
 
 def test_priors(processed):
     layout, _ = processed
-    depth = np.load(layout.depth_prior(5)).astype(np.float32)
-    normal = np.load(layout.normal_prior(5)).astype(np.float32)
+    depth = read_depth(layout.depth_prior(5), "")
+    normal = read_normal(layout.normal_prior(5), "")
     assert depth.shape == (512, 512) and normal.shape == (512, 512, 3)
     face = depth > 0
     assert 0.05 * 512 * 512 < face.sum() < 0.5 * 512 * 512
@@ -209,10 +220,50 @@ def test_priors(processed):
 
 def test_debug_and_meta(processed):
     layout, meta = processed
-    pngs = sorted(layout.debug_dir.glob("frame_*.png"))
-    assert len(pngs) == 2
-    assert cv2.imread(str(pngs[0])).shape == (1024, 1024, 3)
+    overlays = sorted(layout.debug_dir.glob("frame_*.jpg"))
+    assert len(overlays) == 2
+    assert cv2.imread(str(overlays[0])).shape == (1024, 1024, 3)
     assert all(meta["steps"][s]["done"] for s in ("audio", "frames", "landmarks", "priors", "debug"))
+
+
+def test_dataset_size(processed):
+    """Issue 14's bar, a processed 5-s clip (125 frames) in at most 40 MB, scaled to this clip's frames; the
+    depth/normal priors and teeth masks are PNGs, not raw arrays."""
+    layout, _ = processed
+    files = [p for p in layout.root.rglob("*") if p.is_file() and p.name != "may.mp4"]
+    total = sum(p.stat().st_size for p in files)
+    assert total <= 40e6 * N / 125, f"{total / 1e6:.1f} MB for {N} frames"
+    assert not [p for p in files if p.suffix == ".npy" and p.parent != layout.root]  # only whole-clip arrays
+    maps_bytes = sum(p.stat().st_size for d in (layout.depth_dir, layout.normal_dir, layout.teeth_dir) for p in d.iterdir())
+    assert maps_bytes < 100e3 * N  # were 2.6 MB a frame as float16 / bool arrays
+
+
+def test_clip_of_the_older_layout_keeps_loading(processed, tmp_path):
+    """Teeth masks and priors stored as .npy (before the PNGs): every step counts as done, and training reads the
+    same values (the PNG normals are 8-bit: within 1/254)."""
+    from badinputs import run_cli
+
+    from instag.data.dataset import FrameDataset, load_clip
+
+    layout, _ = processed
+    old = DatasetLayout.of(tmp_path / "may")
+    shutil.copytree(layout.root, old.root)
+    for i in range(N):
+        for path, read, dtype in ((old.teeth_mask(i), read_mask, bool), (old.depth_prior(i), read_depth, np.float16),
+                                  (old.normal_prior(i), read_normal, np.float16)):
+            np.save(path.with_suffix(".npy"), read(path, "").astype(dtype))
+            path.unlink()
+    proc = run_cli("process", str(old.root / "may.mp4"))
+    assert proc.returncode == 0 and proc.stdout.count("done before, skipped") == 13, proc.stdout + proc.stderr
+
+    def sample(root, k):
+        return FrameDataset([load_clip(root, "train", "whisper", with_priors=True)], with_priors=True)[(0, k)]
+
+    for k in (0, 7):
+        new, legacy = sample(layout.root, k), sample(old.root, k)
+        assert (new["masks"] == legacy["masks"]).all() and (new["depth"] == legacy["depth"]).all()
+        assert float((new["normal"] - legacy["normal"]).abs().max()) <= 1 / 254 + 1e-6
+        assert float(legacy["depth"].max()) > 0.5 and float(legacy["normal"].abs().max()) > 0.5
 
 
 def test_resume_skips_and_task_reruns(processed, capsys):

@@ -88,13 +88,14 @@ def test_teeth_mask_npy(tmp_path, marker):
     from instag.data.dataset import read_masks
 
     layout = synthetic_dataset(tmp_path / "clip", size=16, n_train=4, n_val=2)
-    evil_npy(layout.teeth_mask(1), marker)
+    layout.teeth_mask(1).unlink()
+    evil_npy(layout.teeth_mask(1).with_suffix(".npy"), marker)  # the older layout's array
     with pytest.raises(InstagError, match="teeth_mask"):
         read_masks(layout, 1)
 
 
 def test_geometry_prior_npy(tmp_path, marker):
-    """depth/<i>.npy and normal/<i>.npy are read per frame while training."""
+    """depth/<i>.npy and normal/<i>.npy (the older layout, and Sapiens' upstream one) are read per frame while training."""
     from instag.data.dataset import FrameDataset, load_clip
 
     layout = synthetic_dataset(tmp_path / "clip", size=16, n_train=4, n_val=2)

@@ -10,6 +10,7 @@ import torch
 from synthetic_clip import make_clip
 
 from instag.data.dataset import FACE, HAIR, MOUTH, FrameDataset, load_clip, read_masks
+from instag.data.maps import read_mask
 from instag.errors import InstagError
 from instag.model.motion import UniversalFaceField, UniversalMouthField
 from instag.model.talking_head import TalkingHead
@@ -68,7 +69,7 @@ def test_contrast_loss_only_penalises_agreement():
 def test_masks_face_excludes_teeth_and_mouth_includes_them(clips):
     layout = clips[0]
     for i in range(14):
-        teeth = np.load(layout.teeth_mask(i))
+        teeth = read_mask(layout.teeth_mask(i), "")
         if teeth.any():
             break
     assert teeth.any()

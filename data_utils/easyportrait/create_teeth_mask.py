@@ -1,4 +1,4 @@
-"""Upstream's entry point: teeth_mask/<i>.npy for data/<ID> with EasyPortrait (needs fpn-fp-512.pth)."""
+"""Upstream's entry point: teeth masks (teeth_mask/<i>.png) for data/<ID> with EasyPortrait (needs fpn-fp-512.pth)."""
 
 from instag.cli import entry
 

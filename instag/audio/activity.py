@@ -19,16 +19,24 @@ SILENCE_SPAN = 2  # frames on each side that must be quiet too
 FLOOR_DB = -60.0  # levels are floored here (digital silence)
 
 
+def centred_windows(samples: np.ndarray, num_frames: int, width: int, sample_rate: int = SAMPLE_RATE,
+                    fps: int = FPS) -> np.ndarray:
+    """``width`` samples around each video frame's time ``i / fps``: float64 ``[num_frames, width]``, zeros
+    where a window reaches past either end of the audio (so any audio length serves any frame count)."""
+    x = np.asarray(samples, dtype=np.float64).reshape(-1)
+    starts = np.round(np.arange(num_frames) * (sample_rate / fps)).astype(np.int64) - width // 2
+    lead = width // 2
+    tail = max(0, int(starts[-1]) + width - x.size) if num_frames else 0
+    padded = np.concatenate([np.zeros(lead), x, np.zeros(tail)])
+    return padded[starts[:, None] + lead + np.arange(width)[None, :]]
+
+
 def speech_envelope(samples: np.ndarray, num_frames: int, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -> np.ndarray:
     """Log energy (natural log) of the speech band per video frame: [num_frames], frame i centred on time i/fps."""
-    x = np.asarray(samples, dtype=np.float64).reshape(-1)
     hop = sample_rate / fps
     win = int(round(2 * hop))  # 80 ms Hann window, 50 % overlap between frames
     n_fft = 1 << (win - 1).bit_length()
-    centres = np.round(np.arange(num_frames) * hop).astype(np.int64)
-    padded = np.concatenate([np.zeros(win), x, np.zeros(win + n_fft)])
-    idx = centres[:, None] - win // 2 + np.arange(win)[None, :] + win
-    frames = padded[idx] * np.hanning(win)[None, :]
+    frames = centred_windows(samples, num_frames, win, sample_rate, fps) * np.hanning(win)[None, :]
     spec = np.abs(np.fft.rfft(frames, n_fft)) ** 2
     freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
     band = (freqs >= SPEECH_BAND[0]) & (freqs <= SPEECH_BAND[1])

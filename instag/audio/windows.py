@@ -17,11 +17,13 @@ import numpy as np
 
 from instag.audio.registry import FILE_ITEM_SHAPES, check_name, fit_length
 from instag.errors import InstagError
+from instag.io.checks import check_values
 
 if TYPE_CHECKING:
     import torch
 
 ATTENTION_WINDOW = 8
+FEATURE_LIMIT = 1e6  # every extractor's values are within a few hundred: beyond this a file is damaged
 SILENT_MISMATCH = 1  # rows: extractors round the clip length differently (AVE gives N+1, HuBERT N-1)
 
 
@@ -71,9 +73,9 @@ def load_features(path: str | Path, extractor_name: str, num_frames: int | None)
         raise InstagError(
             f"audio features {path} hold {arr.dtype} values, not numbers; {_regenerate_hint(path, extractor)}"
         )
+    check_values(path, arr, "audio features: a value", _regenerate_hint(path, extractor), limit=FEATURE_LIMIT,
+                 where=lambda i: f"of row {i[0]}")
     arr = arr.astype(np.float32, copy=False)
-    if not np.isfinite(arr).all():
-        raise InstagError(f"audio features {path} contain NaN or infinite values; {_regenerate_hint(path, extractor)}")
     if arr.shape[0] == 0:
         raise InstagError(f"audio features {path} are empty (0 rows); {_regenerate_hint(path, extractor)}")
     if num_frames is not None:

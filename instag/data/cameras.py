@@ -17,9 +17,13 @@ import torch
 
 from instag.data.format import DatasetLayout
 from instag.errors import InstagError
+from instag.io.checks import check_number, check_type, check_values
 from instag.render import Camera
 
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
+TRANSFORMS_HINT = "re-run preprocessing (instag process --task transforms) to rewrite it"
+PIXEL_LIMIT = 1e6  # focal length and principal point in pixels
+POSE_LIMIT = 1e4  # camera-to-world entries (rotation and translation in head units)
 
 
 @dataclass
@@ -41,6 +45,11 @@ def read_transforms(path: Path) -> dict:
         raise InstagError(f"{path} is not readable JSON ({err}); re-run preprocessing to rewrite it") from err
     if not isinstance(data, dict) or "frames" not in data or "focal_len" not in data:
         raise InstagError(f"{path} lacks 'frames' or 'focal_len'; re-run preprocessing to rewrite it")
+    check_number(path, data["focal_len"], "focal_len", TRANSFORMS_HINT, low=0, high=PIXEL_LIMIT, low_open=True)
+    for key in ("cx", "cy"):
+        if key in data:
+            check_number(path, data[key], key, TRANSFORMS_HINT, low=-PIXEL_LIMIT, high=PIXEL_LIMIT)
+    check_type(path, data["frames"], "'frames'", list, TRANSFORMS_HINT)
     return data
 
 
@@ -72,7 +81,8 @@ def load_cameras(
         raise InstagError(f"{path} lists no frames; re-run the split with a longer clip")
     if n_views > 0:
         frames = frames[:n_views]
-    height, width = image_size(layout, int(frames[0]["img_id"]))
+    entries = [_frame_entry(path, k, f, _frame_count(layout)) for k, f in enumerate(frames)]
+    height, width = image_size(layout, entries[0][0])
     focal = float(data["focal_len"])
     cx = float(data.get("cx", width / 2.0))
     cy = float(data.get("cy", height / 2.0))
@@ -81,16 +91,42 @@ def load_cameras(
         sy, sx = size[0] / height, size[1] / width
         height, width = size
     out = []
-    for f in frames:
-        try:
-            w2c = world_to_camera(np.asarray(f["transform_matrix"], dtype=np.float64))
-            index = int(f["img_id"])
-            aud = int(f.get("aud_id", index))
-        except (KeyError, ValueError, TypeError) as err:
-            raise InstagError(f"{path}: malformed frame entry {f!r:.80}; re-run preprocessing") from err
-        cam = Camera(world_to_camera=w2c, fx=focal * sx, fy=focal * sy, cx=cx * sx, cy=cy * sy, width=width, height=height)
+    for index, aud, c2w in entries:
+        cam = Camera(world_to_camera=world_to_camera(c2w), fx=focal * sx, fy=focal * sy, cx=cx * sx, cy=cy * sy,
+                     width=width, height=height)
         out.append(FrameCamera(index, cam, aud))
     return out
+
+
+def _frame_count(layout: DatasetLayout) -> int:
+    """Decoded frames of the clip (``ori_imgs``, else ``gt_imgs``); 0 when neither folder holds any."""
+    return layout.num_frames() or (sum(1 for _ in layout.gt_dir.glob("*.jpg")) if layout.gt_dir.is_dir() else 0)
+
+
+def _frame_entry(path: Path, k: int, entry, num_frames: int) -> tuple[int, int, np.ndarray]:
+    """``(img_id, aud_id, camera-to-world [4,4])`` of the ``k``-th entry of ``path``'s frames, checked."""
+    name = f"frames[{k}]"
+    check_type(path, entry, name, dict, TRANSFORMS_HINT)
+    for key in ("img_id", "transform_matrix"):
+        if key not in entry:
+            raise InstagError(f"{path}: {name} has no {key!r}; {TRANSFORMS_HINT}")
+    index = check_number(path, entry["img_id"], f"{name}.img_id", TRANSFORMS_HINT, low=0, integer=True)
+    if num_frames and index >= num_frames:
+        raise InstagError(f"{path}: {name}.img_id is {index} but the clip has {num_frames} frames (0-{num_frames - 1}); "
+                          f"{TRANSFORMS_HINT}")
+    aud = check_number(path, entry.get("aud_id", index), f"{name}.aud_id", TRANSFORMS_HINT, low=0, integer=True)
+    try:
+        c2w = np.asarray(entry["transform_matrix"], dtype=np.float64)
+    except (ValueError, TypeError):
+        c2w = None
+    if c2w is None or c2w.shape != (4, 4):
+        raise InstagError(f"{path}: {name}.transform_matrix is not a 4x4 matrix of numbers; {TRANSFORMS_HINT}")
+    check_values(path, c2w, f"{name}.transform_matrix", TRANSFORMS_HINT, limit=POSE_LIMIT,
+                 where=lambda i: f"[{i[0]}][{i[1]}]")
+    if abs(np.linalg.det(c2w[:3, :3])) < 1e-6:
+        raise InstagError(f"{path}: {name}.transform_matrix has no valid rotation (its 3x3 part is singular); "
+                          f"{TRANSFORMS_HINT}")
+    return int(index), int(aud), c2w
 
 
 def scene_extent(cameras: list[FrameCamera]) -> float:

@@ -5,7 +5,7 @@ features, lip boxes); :class:`FrameDataset` reads the per-frame images, masks an
 a frame is asked for (in DataLoader workers), keeping a bounded LRU cache per worker, so RAM
 stays flat as the video grows.
 
-Masks (from ``parsing/<i>.png`` and ``teeth_mask/<i>.npy``), as bits of one uint8 map:
+Masks (from ``parsing/<i>.png`` and ``teeth_mask/<i>.png``), as bits of one uint8 map:
 face = head \\ teeth, hair, mouth = inner mouth ∪ teeth (METHOD §1.11 with the intended
 semantics instead of upstream's XOR).
 """
@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import torch
 
+from instag.data import maps
 from instag.data.cameras import FrameCamera, load_cameras
 from instag.data.format import (
     EXPRESSION_AUS,
@@ -32,6 +33,7 @@ from instag.data.format import (
     DatasetLayout,
 )
 from instag.errors import InstagError
+from instag.io.checks import check_values
 from instag.io.safe_load import load_npy, load_torch
 
 FACE, HAIR, MOUTH = 1, 2, 4
@@ -41,6 +43,8 @@ _AU_REQUIRED = tuple(f"{a}_r" for a in LEGACY_EXPRESSION_AUS) + ("AU25_r",)  # t
 LIP_OUTER = slice(48, 60)
 LIP_INNER = slice(60, 68)
 PRIOR_HINT = "rerun the priors step (instag process --task priors) or delete the file"
+LANDMARKS_HINT = "rerun the landmark step (instag process --task landmarks)"
+PIXEL_LIMIT = 1e5  # landmark coordinates in pixels: beyond this a file is damaged
 
 
 def read_lms(path: Path) -> np.ndarray:
@@ -51,6 +55,8 @@ def read_lms(path: Path) -> np.ndarray:
         raise InstagError(f"cannot read landmarks {path} ({err}); re-run preprocessing") from err
     if pts.shape != (68, 2):
         raise InstagError(f"{path} holds landmarks of shape {pts.shape}, expected 68 rows of x y; re-run preprocessing")
+    check_values(path, pts, "landmark", "re-run the landmark step (instag process --task landmarks)", limit=PIXEL_LIMIT,
+                 where=lambda i: f"{i[0]} ({'xy'[i[1]]})")
     return pts
 
 
@@ -174,7 +180,7 @@ def lip_targets(layout: DatasetLayout, indices: list[int]) -> tuple[np.ndarray, 
     valid = np.zeros(n, bool)
     if not layout.landmarks.exists():
         return target, valid
-    lm = load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)", mmap_mode="r")
+    lm = load_npy(layout.landmarks, LANDMARKS_HINT, mmap_mode="r", shape=(None, 478, 3))
     for k, i in enumerate(indices):
         if i >= len(lm):
             continue
@@ -212,7 +218,7 @@ def _lip_flow(layout: DatasetLayout, frames: list, size: tuple[int, int], native
         return None, None, None
     idx = list(LIP_INDICES)
     anchor = shape.detach().cpu().to(torch.float64)[idx]
-    lm = load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)", mmap_mode="r")
+    lm = load_npy(layout.landmarks, LANDMARKS_HINT, mmap_mode="r", shape=(None, 478, 3))
     scale = np.array([size[1] / native[1], size[0] / native[0]])
     flow = np.zeros((len(frames), len(idx), 2))
     ok = np.zeros(len(frames), bool)
@@ -319,13 +325,10 @@ def read_masks(layout: DatasetLayout, index: int) -> np.ndarray:
     hair = _colour(parsing, PARSING_BGR["hair"])
     teeth = np.zeros_like(head)
     tpath = layout.teeth_mask(index)
-    if tpath.exists():
-        try:
-            t = np.load(tpath, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise InstagError(f"cannot read {tpath} ({err}); delete it or re-run the teeth-mask step") from err
-        if t.shape[:2] == head.shape:
-            teeth = t.astype(bool)
+    if maps.find(tpath) is not None:
+        t = maps.read_mask(tpath, "delete it or re-run the teeth-mask step (instag process --task teeth)")
+        if t.shape == head.shape:
+            teeth = t
     masks = np.zeros(head.shape, np.uint8)
     masks[head & ~teeth] |= FACE
     masks[hair] |= HAIR
@@ -381,6 +384,10 @@ class FrameDataset(torch.utils.data.Dataset):
         layout, index, size = clip.layout, clip.frames[pos].index, clip.size
         image = _imread(layout.gt_image(index))
         native = image.shape[:2]
+        if native != clip.native_size:
+            raise InstagError(f"{layout.gt_image(index)} is {native[1]}x{native[0]} but the clip's frames are "
+                              f"{clip.native_size[1]}x{clip.native_size[0]} (frame {clip.frames[0].index}); re-run "
+                              "preprocessing (instag process --task gt_torso), or put that frame back")
         plate = self._plate(c)
         if plate is not None and plate.shape[:2] != native:
             plate = cv2.resize(plate, (native[1], native[0]), interpolation=cv2.INTER_AREA)
@@ -400,12 +407,11 @@ class FrameDataset(torch.utils.data.Dataset):
     def _load_priors(self, clip: Clip, index: int, size: tuple[int, int]) -> dict:
         depth = np.zeros(size, np.float32)
         normal = np.zeros((3,) + size, np.float32)
-        if clip.depth_dir is not None and (clip.depth_dir / f"{index}.npy").exists():
-            d = load_npy(clip.depth_dir / f"{index}.npy", PRIOR_HINT).astype(np.float32)
-            depth = resize_to(np.nan_to_num(d), size, nearest=True)
-        if clip.normal_dir is not None and (clip.normal_dir / f"{index}.npy").exists():
-            n = np.nan_to_num(load_npy(clip.normal_dir / f"{index}.npy", PRIOR_HINT).astype(np.float32))
-            n = resize_to(n, size, nearest=True)
+        name = f"{index}.png"  # maps.find also finds <index>.npy: older clips and Sapiens' upstream layout
+        if clip.depth_dir is not None and maps.find(clip.depth_dir / name) is not None:
+            depth = resize_to(maps.read_depth(clip.depth_dir / name, PRIOR_HINT), size, nearest=True)
+        if clip.normal_dir is not None and maps.find(clip.normal_dir / name) is not None:
+            n = resize_to(maps.read_normal(clip.normal_dir / name, PRIOR_HINT), size, nearest=True)
             if clip.sapiens:  # Sapiens normals: y up, z toward the viewer -> OpenCV camera axes
                 n = n * np.array([1.0, -1.0, -1.0], np.float32)
             normal = n.transpose(2, 0, 1)

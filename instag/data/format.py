@@ -12,10 +12,14 @@ Per-frame files are keyed by the frame index ``i`` (0-based, 25 FPS):
 ``parsing/<i>.png``         colour-coded parsing (BGR on disk): see ``PARSING_BGR``
 ``gt_imgs/<i>.jpg``         frame with background replaced by ``bc.jpg``; the training target
 ``torso_imgs/<i>.png``      RGBA torso+neck, alpha 255 on torso/neck, 0 elsewhere
-``teeth_mask/<i>.npy``      bool [H,W], True on teeth
-``depth/<i>.npy``           float16 [H,W] camera-space expected depth prior (0 = no prior)
-``normal/<i>.npy``          float16 [H,W,3] camera-space unit normal prior (0 = no prior)
+``teeth_mask/<i>.png``      teeth mask [H,W] (255 on teeth)
+``depth/<i>.png``           camera-space expected depth prior [H,W] (0 = no prior)
+``normal/<i>.png``          camera-space unit normal prior [H,W,3] (0 = no prior)
 ==========================  ==============================================================
+
+The last three are encoded as :mod:`instag.data.maps` describes (which also reads the ``<i>.npy``
+arrays of clips processed before, and upstream's); upstream's own loader reads teeth masks only as
+``.npy``.
 
 Whole-clip files: ``aud.wav`` (16 kHz mono PCM), ``bc.jpg`` (background plate),
 ``au.csv`` (OpenFace columns), ``track_params.pt`` (tracked head poses),
@@ -169,13 +173,13 @@ class DatasetLayout:
         return self.torso_dir / f"{i}.png"
 
     def teeth_mask(self, i: int) -> Path:
-        return self.teeth_dir / f"{i}.npy"
+        return self.teeth_dir / f"{i}.png"
 
     def depth_prior(self, i: int) -> Path:
-        return self.depth_dir / f"{i}.npy"
+        return self.depth_dir / f"{i}.png"
 
     def normal_prior(self, i: int) -> Path:
-        return self.normal_dir / f"{i}.npy"
+        return self.normal_dir / f"{i}.png"
 
     def num_frames(self) -> int:
         """Number of decoded frames (``ori_imgs/<i>.jpg`` count)."""

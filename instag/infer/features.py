@@ -62,6 +62,9 @@ class MelFeatureBuilder:
     """
 
     def __init__(self, reference_db: float | None = None):
+        if reference_db is not None and not np.isfinite(reference_db):
+            raise InstagError(f"--reference_db {reference_db}: give a finite level in dB (as instag stream prints it), or "
+                              "leave it out to measure it on the audio")
         self.samples = np.zeros(0, np.float32)
         self.reference_db = reference_db
         self.finished = False

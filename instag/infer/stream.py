@@ -94,8 +94,9 @@ class StreamSynthesizer:
     def from_paths(cls, source_path: str | Path, model_path: str | Path, device: str | None = None, **kw) -> StreamSynthesizer:
         from instag.data.dataset import load_clip
 
-        model = load_model(model_path, None, device)
-        return cls(model, load_clip(DatasetLayout.of(source_path).root, "train", model.audio_extractor), **kw)
+        root = DatasetLayout.of(source_path).root
+        model = load_model(model_path, None, device, source=root)
+        return cls(model, load_clip(root, "train", model.audio_extractor), **kw)
 
     @property
     def reference_db(self) -> float | None:
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from instag.infer.sessionlog import SessionRecorder, write_session
-    from instag.io.encode import VideoWriter, ffmpeg_exe, mux_audio
+    from instag.io.encode import VideoWriter, check_video_output, ffmpeg_exe, mux_audio
+    from instag.io.folders import staging
     from instag.io.wav import load_audio_16k_mono
 
     cfg = parse(StreamConfig, argv, prog="instag stream")
@@ -264,7 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         raise InstagError("--chunk_ms and --batch must be at least 1")
     performance = performance_from_options(cfg.performance, cfg.expression, cfg.blink, cfg.pose, cfg.au_csv)
     pauses = cfg.pauses if cfg.pauses is not None else performance.pauses is not False
+    out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}_stream.mp4"
+    check_video_output(out)  # before any work
     samples = load_audio_16k_mono(cfg.audio)
+    num_frames = frame_count(samples.shape[0])
+    if num_frames == 0:
+        raise InstagError(f"{cfg.audio} is too short to drive a single frame ({samples.shape[0] / AUDIO_SAMPLE_RATE:.3f} s; "
+                          f"a frame is {1000 // FPS} ms)")
     synth = StreamSynthesizer.from_paths(cfg.source_path, cfg.model_path, cfg.device, dilate=cfg.dilate,
                                          reference_db=cfg.reference_db, seed=cfg.seed, batch=cfg.batch,
                                          lookahead_ms=cfg.lookahead_ms, performance=performance, pauses=pauses)
@@ -272,9 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.stdin_events:
         events = queue.Queue()
         threading.Thread(target=read_events, args=(sys.stdin, events), daemon=True).start()
-    out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}_stream.mp4"
-    silent = out.with_name(f".{out.stem}.silent.mp4")
-    num_frames = frame_count(samples.shape[0])
     cam0 = synth.clip.frames[0].camera
     print(f"instag stream: {num_frames} frames ({samples.shape[0] / AUDIO_SAMPLE_RATE:.2f} s) at {cam0.width}x{cam0.height} "
           f"on {synth.model.device} in {cfg.chunk_ms}-ms chunks{' at the speed of speech' if cfg.realtime else ''} -> {out}")
@@ -286,14 +291,14 @@ def main(argv: list[str] | None = None) -> int:
 
     session = SessionRecorder(cfg.model_path, "stream", audio_name=Path(cfg.audio).name, settings={
         "chunk_ms": cfg.chunk_ms, "realtime": cfg.realtime, "lookahead_ms": cfg.lookahead_ms, "dilate": cfg.dilate})
-    with bar, VideoWriter(silent, fps=FPS) as writer:
-        stats = run_stream(synth, samples, cfg.chunk_ms, cfg.realtime, on_frame, events)
-    if ffmpeg_exe() is not None:
-        mux_audio(silent, cfg.audio, out)
-        silent.unlink(missing_ok=True)
-    else:
-        silent.replace(out)
-        print(f"instag stream: {out} has no sound: no ffmpeg binary (pip install imageio-ffmpeg)", file=sys.stderr)
+    with staging(out.parent) as tmp:  # the silent video lives there until its sound is muxed in
+        silent = tmp / "video.mp4" if ffmpeg_exe() is not None else out
+        with bar, VideoWriter(silent, fps=FPS) as writer:
+            stats = run_stream(synth, samples, cfg.chunk_ms, cfg.realtime, on_frame, events)
+        if silent != out:
+            mux_audio(silent, cfg.audio, out)
+        else:
+            print(f"instag stream: {out} has no sound: no ffmpeg binary (pip install imageio-ffmpeg)", file=sys.stderr)
     print(f"instag stream: wrote {out} ({stats['frames']} frames); first frame {1000 * stats['first_frame_latency_s']:.0f} ms "
           f"after its audio arrived (needs {1000 * (stats['first_frame_audio_s'] or 0):.0f} ms of audio with "
           f"{cfg.chunk_ms}-ms chunks); {stats['fps']:.1f} FPS overall" + (

@@ -20,7 +20,6 @@ adaptation's final evaluation) and streaming use it too.
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -232,11 +231,12 @@ def render_frames(model, plan: Plan, items: torch.Tensor, backgrounds: Backgroun
         yield from to_uint8(out["image"])
 
 
-def load_model(model_path: str | Path, audio_extractor: str | None, device: str | None):
-    """The fused head, refusing an extractor other than the one it was trained with."""
+def load_model(model_path: str | Path, audio_extractor: str | None, device: str | None, source: str | Path | None = None):
+    """The fused head, refusing an extractor other than the one it was trained with (and, with ``source``, a
+    model adapted on another clip than that processed clip)."""
     from instag.model.talking_head import TalkingHead
 
-    model = TalkingHead.load(model_path, device=device)
+    model = TalkingHead.load(model_path, device=device, source=source)
     if audio_extractor is not None and audio_extractor != model.audio_extractor:
         raise InstagError(f"{model_path} was trained with --audio_extractor {model.audio_extractor}, not {audio_extractor}; "
                           f"pass --audio_extractor {model.audio_extractor} (and features made by it)")
@@ -293,15 +293,15 @@ def write_outputs(frames: Iterator[np.ndarray], out_mp4: Path, wav: Path | None,
     """Encode ``frames`` to ``out_mp4`` and mux ``wav`` (or ``samples`` at 16 kHz) into it; times in seconds."""
     from instag.io.atomic import write_image
     from instag.io.encode import VideoWriter, ffmpeg_exe, mux_audio
-    from instag.io.folders import replace_folder
+    from instag.io.folders import replace_folder, staging
 
     times = {"render_encode": 0.0, "mux": 0.0}
     count = 0
     t0 = time.perf_counter()
     can_mux = (wav is not None or samples is not None) and ffmpeg_exe() is not None
-    with tempfile.TemporaryDirectory(prefix=".instag-", dir=out_mp4.parent) as tmp:
-        silent = Path(tmp) / "video.mp4" if can_mux else out_mp4
-        staged_frames = Path(tmp) / "frames"  # PNGs move into place only once the video is complete
+    with staging(out_mp4.parent) as tmp:
+        silent = tmp / "video.mp4" if can_mux else out_mp4
+        staged_frames = tmp / "frames"  # PNGs move into place only once the video is complete
         try:
             with VideoWriter(silent, fps=FPS, background=True) as writer:
                 for frame in frames:
@@ -310,7 +310,7 @@ def write_outputs(frames: Iterator[np.ndarray], out_mp4: Path, wav: Path | None,
                         write_image(staged_frames / f"{count:05d}.png", frame[:, :, ::-1])
                     count += 1
         except InstagError as err:  # name the user's outputs, not the staging folder
-            if tmp not in str(err):
+            if str(tmp) not in str(err):
                 raise
             reason = str(err).split(": ", 1)[-1]
             frames_note = f" and its frames {frames_dir}" if frames_dir is not None else ""
@@ -321,7 +321,7 @@ def write_outputs(frames: Iterator[np.ndarray], out_mp4: Path, wav: Path | None,
             if wav is None or wav.suffix.lower() != ".wav":
                 from instag.io.wav import write_wav
 
-                wav = Path(tmp) / "audio.wav"
+                wav = tmp / "audio.wav"
                 write_wav(wav, samples, 16000)
             mux_audio(silent, wav, out_mp4)
             times["mux"] = time.perf_counter() - t1
@@ -335,16 +335,18 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     from instag.data.dataset import load_clip
     from instag.infer.features import audio_items
     from instag.infer.sessionlog import SessionRecorder, write_session
+    from instag.io.encode import check_video_output
     from instag.io.folders import check_replaceable
 
     t_start = time.perf_counter()
     out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}.mp4"
+    check_video_output(out)  # before any work, like the frames folder below
     frames_dir = out.with_suffix("") if cfg.save_frames else None
     if frames_dir is not None:  # before any work: a folder instag did not write is never replaced
         check_replaceable(frames_dir, frames_contents(out))
     performance = performance_from_options(cfg.performance, cfg.expression, cfg.blink, cfg.pose, cfg.au_csv)
     layout = DatasetLayout.of(cfg.source_path)
-    model = load_model(cfg.model_path, cfg.audio_extractor, cfg.device)
+    model = load_model(cfg.model_path, cfg.audio_extractor, cfg.device, source=layout.root)
     extractor = model.audio_extractor
     t0 = time.perf_counter()
     items, info = audio_items(cfg.audio, extractor, cfg.reference_db)

@@ -24,6 +24,20 @@ from instag.errors import InstagError
 from instag.io.atomic import atomic_path
 
 SYNTHESIZED_COMMENT = "synthesized by instag (audio-driven 3D Gaussian talking head); not a real recording"
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")  # containers that take H.264 with AAC sound
+
+
+def check_video_output(path: str | os.PathLike, flag: str = "--output") -> Path:
+    """Refuse, before any rendering, an output video path that cannot be written as one: a folder, or a name
+    without a video extension (ffmpeg picks the container from it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InstagError(f"{flag} {path} is a folder; give a video file name, e.g. {path / 'out.mp4'}")
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        what = f"ends in {path.suffix!r}" if path.suffix else "has no extension"
+        raise InstagError(f"{flag} {path} {what}; give a video file name ending in {', '.join(VIDEO_SUFFIXES)} "
+                          f"(e.g. {path.with_suffix('.mp4')})")
+    return path
 
 
 def ffmpeg_exe() -> str | None:
@@ -246,9 +260,10 @@ def mux_audio(video: str | os.PathLike, wav: str | os.PathLike, out: str | os.Pa
             "-metadata", f"comment={comment}", "-movflags", "+faststart", str(tmp),
         ]
         res = subprocess.run(cmd, capture_output=True)
-        if res.returncode != 0:
-            msg = " ".join(res.stderr.decode(errors="replace").split())[-400:]
-            raise InstagError(f"ffmpeg could not mux {wav} into {video}: {msg}")
+        if res.returncode != 0:  # named by what the user gave: the inputs are often staged temporaries
+            msg = res.stderr.decode(errors="replace").replace(str(tmp), str(out)).replace(str(video), "<video>")
+            raise InstagError(f"cannot write {out}: ffmpeg could not add the sound of {wav} to it "
+                              f"({' '.join(msg.split())[-400:]})")
     return Path(out)
 
 

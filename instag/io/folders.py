@@ -11,6 +11,11 @@ replaced only when one of our runs made them.
   is restored by :func:`recover` when the next run takes the lock.
 - :func:`check_replaceable` / :func:`replace_folder`: an output folder is replaced only when it
   is empty or carries the marker file (:data:`OUTPUT_MARK`) that :func:`replace_folder` writes.
+- :func:`staging`: a hidden folder beside a run's outputs for what is not finished yet (a silent
+  video before its sound is muxed, frames before the video is complete), removed however the run
+  ends (an exception, Ctrl-C, SIGTERM: :mod:`instag.cli` raises SIGTERM like Ctrl-C). The run
+  holds a lock in it, so the next run that stages in the same place removes one that a killed run
+  left (:func:`sweep_staging`) and never one in use.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import fcntl
 import os
 import secrets
 import shutil
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +37,8 @@ from instag.io.atomic import TEMP_MARK
 LOCK_NAME = ".instag.lock"
 SNAPSHOT_NAME = ".instag-snapshot"  # complete snapshot; ".instag-snapshot.<state>" while made or discarded
 OUTPUT_MARK = ".instag-output"
+STAGING_PREFIX = ".instag-staging-"
+STALE_UNLOCKED_S = 600  # a staging folder without its lock file (killed while being made) is stale after this
 
 
 def reserved(name: str) -> bool:
@@ -211,3 +220,50 @@ def replace_folder(staged: Path, target: Path, contents: str) -> None:
         shutil.rmtree(old)
     else:
         os.replace(staged, target)
+
+
+# ------------------------------------------------------------------------------------------- staging
+@contextlib.contextmanager
+def staging(parent: str | os.PathLike) -> Iterator[Path]:
+    """A fresh hidden folder ``<parent>/.instag-staging-<random>/`` for unfinished outputs, removed on exit
+    whatever the reason; staging folders that dead runs left in ``parent`` are removed first."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    sweep_staging(parent)
+    path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
+    fd = None
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until the folder is gone: it marks the folder as in use
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
+
+
+def sweep_staging(parent: str | os.PathLike) -> int:
+    """Remove the staging folders in ``parent`` whose run is dead (nobody holds their lock); returns how many."""
+    count = 0
+    for path in Path(parent).glob(f"{STAGING_PREFIX}*"):
+        if not _is_dir(path):
+            continue
+        try:
+            fd = os.open(path / LOCK_NAME, os.O_RDWR)
+        except FileNotFoundError:  # a run killed between making the folder and locking it, or one doing that now
+            with contextlib.suppress(OSError):
+                if time.time() - path.stat().st_mtime > STALE_UNLOCKED_S:
+                    shutil.rmtree(path, ignore_errors=True)
+                    count += 1
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live run's
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        count += 1
+    return count

@@ -14,18 +14,26 @@ from typing import Any
 from instag.errors import InstagError
 
 
-def load_npy(path: str | os.PathLike, hint: str = "re-run the step that wrote it", mmap_mode: str | None = None):
-    """A plain numeric array from ``path``; InstagError if missing, corrupt or pickled."""
+def load_npy(path: str | os.PathLike, hint: str = "re-run the step that wrote it", mmap_mode: str | None = None,
+             shape: tuple[int | None, ...] | None = None):
+    """A plain numeric array from ``path``; InstagError if missing, corrupt, pickled, or (with ``shape``, None
+    meaning any size) of another shape."""
     import numpy as np
 
     path = Path(path)
     try:
-        return np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
+        arr = np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
     except FileNotFoundError as err:
         raise InstagError(f"{path}: missing; {hint}") from err
     except (OSError, ValueError, EOFError) as err:
         detail = " ".join(str(err).split())[:200]
         raise InstagError(f"cannot read {path} ({detail}); it is corrupt or holds objects instead of numbers; {hint}") from err
+    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
+        raise InstagError(f"{path} holds {arr.dtype} values, not numbers; {hint}")
+    if shape is not None and (arr.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, arr.shape))):
+        expected = "[" + ",".join("N" if s is None else str(s) for s in shape) + "]"
+        raise InstagError(f"{path} holds an array of shape {list(arr.shape)}, expected {expected}; {hint}")
+    return arr
 
 
 def load_torch(path: str | os.PathLike, hint: str = "re-run the step that wrote it") -> Any:

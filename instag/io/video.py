@@ -52,6 +52,8 @@ class VideoInfo:
     audio_rate: int
     audio_channels: int
     codec: str
+    rotation: int = 0  # display rotation in degrees (phones film portrait as rotated landscape); width/height are after it
+    stream: str = "0:v:0"  # ffmpeg's -map of the picture (not a cover image of an audio file)
 
     @property
     def num_frames_25(self) -> int:
@@ -64,7 +66,12 @@ class VideoInfo:
         return self.num_frames / self.fps if self.fps > 0 else self.duration
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The facts, without those at their defaults that older records lack (they would read as another video)."""
+        facts = asdict(self)
+        for key, default in (("rotation", 0), ("stream", "0:v:0")):
+            if facts[key] == default:
+                del facts[key]
+        return facts
 
     def describe_rate(self) -> str | None:
         """A sentence saying how the frame rate is converted, or None when it is already 25 FPS."""
@@ -115,19 +122,36 @@ def _packet_times(path: Path, stream: str) -> np.ndarray:
     return np.sort(np.asarray(pts, dtype=np.float64)) * tb
 
 
+def _stream_end(path: Path, stream: str) -> float:
+    """Time (seconds) at which the packets of ``stream`` end: the last one's start plus the typical step."""
+    times = _packet_times(path, stream)
+    if times.size == 0:
+        return 0.0
+    step = float(np.median(np.diff(times))) if times.size > 1 else 0.0
+    return float(times[-1]) + step
+
+
 def probe(path: str | Path, require_audio: bool = True) -> VideoInfo:
     """Read the facts of a video; raise :class:`InstagError` for anything unusable."""
     path = Path(path)
     _check_file(path)
     proc = _run(["-i", str(path)])
     err = proc.stderr.decode("utf-8", "replace")
-    video = re.search(r"Stream #\d+:\d+.*?: Video: (\w+).*?, (\d{2,5})x(\d{2,5})", err)
+    streams = list(re.finditer(r"Stream #(\d+):(\d+).*?: Video: (\w+).*?, (\d{2,5})x(\d{2,5})", err))
+    video = next((m for m in streams if "(attached pic)" not in err[m.start():].splitlines()[0]), None)
     if video is None:
         if "Invalid data found" in err or "moov atom not found" in err or "Input #" not in err:
             raise InstagError(f"{path}: not a readable video ({_first_error_line(err, path)}); "
                               "the file is corrupt, truncated or not a video")
-        raise InstagError(f"{path}: has no video stream; give a video of the talking person")
-    codec, width, height = video.group(1), int(video.group(2)), int(video.group(3))
+        cover = " (only a cover picture: it is an audio file)" if streams else ""
+        raise InstagError(f"{path}: has no video stream{cover}; give a video of the talking person")
+    stream = "0:v:0" if video is streams[0] else f"{video.group(1)}:{video.group(2)}"
+    codec, width, height = video.group(3), int(video.group(4)), int(video.group(5))
+    block = err[video.end():].split("Stream #", 1)[0]  # the stream's metadata and side data
+    turn = re.search(r"display ?matrix: rotation of (-?[\d.]+) degrees", block, re.IGNORECASE)
+    rotation = int(round(float(turn.group(1)))) % 360 if turn else 0
+    if rotation % 180 == 90:  # ffmpeg turns the picture upright when it decodes: frames are height x width
+        width, height = height, width
     vline = err[video.start():].splitlines()[0]
     fps_m = re.search(r"([\d.]+) fps", vline)
     tbr_m = re.search(r"([\d.]+)k? tbr", vline)
@@ -143,7 +167,7 @@ def probe(path: str | Path, require_audio: bool = True) -> VideoInfo:
     if not has_audio:
         channels = 0
 
-    times = _packet_times(path, "0:v:0")
+    times = _packet_times(path, stream)
     if times.size == 0:
         raise InstagError(f"{path}: the video stream has no frames; the file is truncated or corrupt")
     steps = np.diff(times)
@@ -169,8 +193,13 @@ def probe(path: str | Path, require_audio: bool = True) -> VideoInfo:
         audio_rate=audio_rate,
         audio_channels=channels,
         codec=codec,
+        rotation=rotation,
+        stream=stream,
     )
-    if duration and info.frame_span < duration - max(0.5, 0.05 * duration):
+    # the header's duration is the longest stream's: a picture that stops early is truncation only when the
+    # sound stops early too (a sound track longer than the picture is handled by the audio step)
+    tolerance = max(0.5, 0.05 * duration)
+    if duration and info.frame_span < duration - tolerance and (not has_audio or _stream_end(path, "0:a:0") < duration - tolerance):
         raise InstagError(f"{path}: the header says {duration:.2f} s but the video frames stop at "
                           f"{info.frame_span:.2f} s; the file is truncated or corrupt; copy or re-encode it and run again")
     if require_audio and not has_audio:
@@ -191,8 +220,8 @@ def _filters(crop: tuple[int, int, int, int] | None, size: tuple[int, int] | Non
     return ",".join(parts) or "null"
 
 
-def _pipe_frames(path: Path, vf: str, width: int, height: int) -> Iterator[np.ndarray]:
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path), "-map", "0:v:0",
+def _pipe_frames(path: Path, vf: str, width: int, height: int, stream: str = "0:v:0") -> Iterator[np.ndarray]:
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path), "-map", stream,
            "-vf", vf, "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
     frame_bytes = width * height * 3
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=frame_bytes * 2)
@@ -216,7 +245,7 @@ def iter_frames(info: VideoInfo, crop: tuple[int, int, int, int] | None = None,
     ``crop`` = (x, y, w, h) in source pixels, applied before resizing to ``size`` = (W, H).
     """
     out_w, out_h = size if size is not None else ((crop[2], crop[3]) if crop is not None else (info.width, info.height))
-    yield from _pipe_frames(Path(info.path), _filters(crop, size, TARGET_FPS), out_w, out_h)
+    yield from _pipe_frames(Path(info.path), _filters(crop, size, TARGET_FPS), out_w, out_h, info.stream)
 
 
 def sample_frames(info: VideoInfo, per_second: float = 2.0, max_side: int = 1280) -> list[np.ndarray]:
@@ -225,7 +254,7 @@ def sample_frames(info: VideoInfo, per_second: float = 2.0, max_side: int = 1280
     w = max(2, int(round(info.width * scale / 2)) * 2)
     h = max(2, int(round(info.height * scale / 2)) * 2)
     size = (w, h) if (w, h) != (info.width, info.height) else None
-    return list(_pipe_frames(Path(info.path), _filters(None, size, per_second), w, h))
+    return list(_pipe_frames(Path(info.path), _filters(None, size, per_second), w, h, info.stream))
 
 
 def read_audio(path: str | Path, sample_rate: int = AUDIO_RATE) -> np.ndarray:

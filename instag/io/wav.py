@@ -104,7 +104,11 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
             samples = buf.view("<f8").astype(np.float32)
         else:
             raise InstagError(f"{path}: {bits}-bit float WAV is not supported; convert to 16-bit PCM WAV")
-        samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
+        bad = ~np.isfinite(samples)
+        if bad.any():
+            first = int(np.argmax(bad)) // channels
+            raise InstagError(f"{path}: {int(bad.sum())} samples are NaN or infinite (the first at {first / rate:.3f} s); "
+                              "the file is damaged or was written from a failed computation; re-export the audio")
     else:
         raise InstagError(
             f"{path}: WAV format tag 0x{tag:04x} (compressed audio) is not supported; convert to PCM WAV "

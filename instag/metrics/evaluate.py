@@ -182,7 +182,7 @@ def load_split(source_path: str | Path, model_path: str | Path, split: str = "va
     if split not in ("val", "train"):
         raise InstagError(f"split {split!r}: expected val or train")
     layout = DatasetLayout.of(source_path)
-    model = load_model(model_path, None, device)
+    model = load_model(model_path, None, device, source=layout.root)
     clip = load_clip(layout.root, split, model.audio_extractor, n_views=n_views if split == "train" else -1)
     return layout, model, split_plan(clip), torch.from_numpy(np.asarray(clip.features))
 
@@ -403,10 +403,11 @@ def silence_metrics(layout: DatasetLayout, audio: np.ndarray | None, audio_index
 
 
 def speech_energy(samples: np.ndarray, num_frames: int) -> np.ndarray:
-    """Per-frame speech loudness [T]: RMS of 16 kHz samples in a 40-ms window centred on each frame."""
-    pad = np.pad(np.asarray(samples, np.float64), (SAMPLES_PER_FRAME // 2, SAMPLES_PER_FRAME))
-    idx = np.arange(num_frames) * SAMPLES_PER_FRAME
-    windows = pad[idx[:, None] + np.arange(SAMPLES_PER_FRAME)[None, :]]
+    """Per-frame speech loudness [T]: RMS of 16 kHz samples in a 40-ms window centred on each frame (silence past
+    the end of the audio)."""
+    from instag.audio.activity import centred_windows
+
+    windows = centred_windows(samples, num_frames, SAMPLES_PER_FRAME)
     return np.sqrt((windows**2).mean(axis=1))
 
 

@@ -304,8 +304,14 @@ class TalkingHead(nn.Module):
         return head
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str | torch.device | None = None, name: str = FUSED) -> TalkingHead:
-        """The fused head of ``model_dir`` (``chkpnt_fuse_latest``), on ``device`` (default: CUDA if available)."""
+    def load(cls, model_dir: str | Path, device: str | torch.device | None = None, name: str = FUSED,
+             source: str | Path | None = None) -> TalkingHead:
+        """The fused head of ``model_dir`` (``chkpnt_fuse_latest``), on ``device`` (default: CUDA if available).
+
+        With ``source`` (the processed clip it will render with) a model adapted on another clip is refused
+        (see :func:`check_source_clip`)."""
+        from instag.io.checks import check_type
+
         model_dir = Path(model_dir)
         path = model_dir / f"{name}.safetensors"
         if not path.exists():
@@ -315,6 +321,21 @@ class TalkingHead(nn.Module):
         tensors, meta = load_tensors(path)
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise InstagError(f"{path} is not an instag talking-head checkpoint (format {meta.get('format')!r})")
+        meta_path, hint = path.with_suffix(".json"), f"re-run adaptation (bash scripts/train_xx_few.sh <data> {model_dir} 0)"
+        check_type(meta_path, meta.get("audio_extractor"), "audio_extractor", str, hint)
+        item_shape = check_type(meta_path, meta.get("item_shape"), "item_shape", list, hint)
+        if len(item_shape) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item_shape):
+            raise InstagError(f"{meta_path}: item_shape is {item_shape!r:.60}, not two positive integers; {hint}")
+        for key in ("share_audio", "align"):
+            if key in meta:
+                check_type(meta_path, meta[key], key, bool, hint)
+        for key, tensor in tensors.items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise InstagError(f"{path}: {key} holds {bad} NaN or infinite values of {tensor.numel()}; the checkpoint "
+                                  f"is damaged or its training diverged; {hint}")
+        if source is not None:
+            check_source_clip(meta_path, meta, source)
         try:
             head = cls.from_state(tensors, meta)
         except (RuntimeError, KeyError) as err:
@@ -349,4 +370,41 @@ def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise InstagError(f"cannot read {meta_path} ({err}); the checkpoint's config is missing, re-run the stage") from err
+    if not isinstance(meta, dict):
+        raise InstagError(f"{meta_path} holds {type(meta).__name__} {meta!r:.40}, not the checkpoint's config (an object); "
+                          "re-run the stage")
     return tensors, meta
+
+
+def source_clip(root: str | Path) -> dict:
+    """What a checkpoint records of the processed clip it was trained on: its folder and the content
+    fingerprint of the video it was processed from (``meta.json``; None for clips made by other tools)."""
+    from instag.data.format import DatasetLayout
+
+    fingerprint = None
+    try:
+        source = json.loads(DatasetLayout.of(root).meta.read_text(encoding="utf-8")).get("source")
+        fingerprint = source.get("fingerprint") if isinstance(source, dict) else None
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {"path": str(Path(root).resolve()), "fingerprint": fingerprint if isinstance(fingerprint, str) else None}
+
+
+def check_source_clip(meta_path: Path, meta: dict, root: str | Path) -> None:
+    """Refuse to render a model with a clip other than the one it was adapted on: the video fingerprint recorded
+    in ``meta`` (``source_clip``) differs from ``root``'s. Without two fingerprints to compare (a model or a clip
+    from before they were recorded, or a clip made by other tools) a model adapted in another folder is rendered,
+    with a note on stderr."""
+    import sys
+
+    recorded = meta.get("source_clip")
+    recorded = recorded if isinstance(recorded, dict) else {"path": meta.get("source_path")}
+    current = source_clip(root)
+    was, now, old = recorded.get("fingerprint"), current["fingerprint"], recorded.get("path")
+    if isinstance(was, str) and now is not None:
+        if was != now:
+            raise InstagError(f"{meta_path}: this model was adapted on {old}, whose video is not the one {root} was "
+                              f"processed from; render it with -S {old}, or adapt a model on {root}")
+    elif isinstance(old, str) and Path(old).resolve() != Path(current["path"]):
+        print(f"instag: note: {meta_path.parent} was adapted on {old}, not {root}; rendering it with {root}'s cameras "
+              "and backgrounds", file=sys.stderr)

@@ -19,10 +19,12 @@ import numpy as np
 from instag.data.format import FPS
 from instag.errors import InstagError
 from instag.io.atomic import write_text
+from instag.io.checks import check_values
 from instag.preprocess.mesh import STABLE_POINTS
 
 AU_NAMES = ("AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU09", "AU10", "AU12", "AU14", "AU15", "AU17",
             "AU20", "AU23", "AU25", "AU26", "AU45")
+AU_LIMIT = 100.0  # OpenFace intensities are 0-5: anything beyond this is a damaged file
 REQUIRED = ("AU01_r", "AU04_r", "AU05_r", "AU06_r", "AU07_r", "AU25_r", "AU45_r")  # what training reads
 
 
@@ -133,4 +135,7 @@ def read_au_csv(path: str | Path, required: tuple[str, ...] = REQUIRED) -> dict[
     if missing:
         raise InstagError(f"{path}: lacks the columns {', '.join(missing)}; give OpenFace's csv with AU intensities "
                           "(FeatureExtraction -aus) or delete it to estimate AUs from landmarks")
+    for name in (c for c in columns if c.startswith("AU")):  # intensities 0-5, presence 0/1
+        check_values(path, columns[name], f"column {name}", "fix or re-export the csv, or delete it to estimate AUs "
+                     "from landmarks", limit=AU_LIMIT, where=lambda i: f"in data row {i[0] + 1}")
     return columns

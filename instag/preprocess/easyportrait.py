@@ -19,7 +19,7 @@ Inference follows the checkpoint's config (``fpn-fp.py``): the BGR frame is conv
 normalised with mean (143.55, 132.97, 126.95) / std (60.26, 60.33, 59.31), kept at its native
 size (the test pipeline has no resize), the logits are resized bilinearly back to H×W and the
 per-pixel argmax taken. Classes: background, skin, left brow, right brow, left eye, right eye,
-lips, teeth; ``teeth_mask/<i>.npy`` = (class == 7), bool [H,W].
+lips, teeth; ``teeth_mask/<i>.png`` = (class == 7), bool [H,W].
 
 Checkpoint loading never unpickles code: ``torch.load(weights_only=True)``, with numpy's scalar
 types allowed because mmcv stores numpy floats in the checkpoint's ``meta`` (best-score hooks).
@@ -258,11 +258,11 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
 
 
 def write_teeth_masks(layout, model: EasyPortraitFPN, *, force: bool = False, progress: bool = True) -> int:
-    """Write ``teeth_mask/<i>.npy`` (bool [H,W], class 7) for every ``ori_imgs/<i>.jpg``; returns the count."""
+    """Write ``teeth_mask/<i>.png`` (bool [H,W], class 7) for every ``ori_imgs/<i>.jpg``; returns the count."""
     import cv2
     from tqdm import tqdm
 
-    from instag.io.atomic import save_npy
+    from instag.data.maps import find, write_mask
 
     n = layout.num_frames()
     if n == 0:
@@ -270,12 +270,12 @@ def write_teeth_masks(layout, model: EasyPortraitFPN, *, force: bool = False, pr
     done = 0
     for i in tqdm(range(n), desc="teeth masks (EasyPortrait)", disable=not progress):
         out = layout.teeth_mask(i)
-        if out.is_file() and not force:
+        if find(out) is not None and not force:
             continue
         bgr = cv2.imread(str(layout.ori_image(i)))
         if bgr is None:
             raise InstagError(f"cannot read frame {layout.ori_image(i)}; re-run the frame step of process.py")
-        save_npy(out, model.predict(bgr) == TEETH)
+        write_mask(out, model.predict(bgr) == TEETH)
         done += 1
     return done
 
@@ -293,7 +293,7 @@ class TeethMaskConfig:
         },
     )
     device: str = field(default="auto", metadata={"help": "cuda, cpu or auto"})
-    force: bool = field(default=False, metadata={"help": "overwrite existing teeth_mask/<i>.npy"})
+    force: bool = field(default=False, metadata={"help": "overwrite existing teeth masks (teeth_mask/<i>.png)"})
 
 
 def main(argv: list[str] | None = None) -> int:

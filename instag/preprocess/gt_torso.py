@@ -72,6 +72,6 @@ def run(layout: DatasetLayout, num_frames: int) -> None:
         labels = labels_from_parsing(par)
         gt = np.where((labels == BACKGROUND)[..., None], plate, img)
         write_image(layout.gt_image(i), gt, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        write_image(layout.torso_image(i), torso_layer(gt, labels, plate), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        write_image(layout.torso_image(i), torso_layer(gt, labels, plate), [cv2.IMWRITE_PNG_COMPRESSION, 6])
 
     for_each_frame(num_frames, work, "gt/torso")

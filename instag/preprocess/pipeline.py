@@ -14,12 +14,12 @@ task  name             writes
 4     parsing          ``parsing/<i>.png``
 5     background       ``bc.jpg``
 6     gt_torso         ``gt_imgs/<i>.jpg``, ``torso_imgs/<i>.png``
-10    teeth            ``teeth_mask/<i>.npy``
+10    teeth            ``teeth_mask/<i>.png``
 11    au               ``au.csv`` (kept when it is the user's own OpenFace csv)
 8     tracking         ``track_params.pt`` (+ the tracker-vs-PnP jitter report in ``meta.json``)
 9     transforms       ``transforms_train.json``, ``transforms_val.json`` (10/11 split, as upstream)
-12    priors           ``depth/<i>.npy``, ``normal/<i>.npy``
-13    debug            ``debug/frame_<i>.png`` overlays
+12    priors           ``depth/<i>.png``, ``normal/<i>.png``
+13    debug            ``debug/frame_<i>.jpg`` overlays
 ====  ===============  ===========================================================================
 
 A full run skips steps that ``meta.json`` records as done (and whose outputs exist) for this very
@@ -46,12 +46,16 @@ import numpy as np
 
 from instag.audio.registry import EXTRACTORS as AUDIO_EXTRACTORS
 from instag.config import parse
-from instag.data.format import AUDIO_FEATURE_FILES, AUDIO_SAMPLE_RATE, DatasetLayout
+from instag.data import maps
+from instag.data.format import AUDIO_FEATURE_FILES, AUDIO_SAMPLE_RATE, FPS, DatasetLayout
 from instag.errors import InstagError
 from instag.io import folders
 from instag.io.atomic import remove_stale_temporaries, write_bytes, write_json
 
 EXTRACTOR_CHOICES = tuple(AUDIO_EXTRACTORS)
+SAMPLES_PER_FRAME = AUDIO_SAMPLE_RATE // FPS
+# a sound track may end this much before the picture (its last frames then get silence); more is refused
+MAX_SOUND_SHORTFALL_S = 0.5
 
 
 @dataclass
@@ -129,6 +133,16 @@ def _audio(ctx: Context) -> dict:
     if float(np.abs(samples).max()) < 1e-4:
         raise InstagError(f"{ctx.info.path}: the audio track is silent; the speech drives training, give the video "
                           "with its sound")
+    frames = ctx.info.num_frames_25
+    sound, picture = samples.size / AUDIO_SAMPLE_RATE, frames / FPS
+    if sound < picture - MAX_SOUND_SHORTFALL_S:
+        raise InstagError(f"{ctx.info.path}: the sound ends at {sound:.2f} s but the picture runs to {picture:.2f} s; "
+                          f"every frame needs its speech: cut the video to its sound (ffmpeg -i <video> -t {sound:.2f} "
+                          "<out.mp4>) and run again")
+    if samples.size > frames * SAMPLES_PER_FRAME + SAMPLES_PER_FRAME:
+        ctx.log(f"the sound runs {sound - picture:.2f} s past the picture's end ({picture:.2f} s); aud.wav ends with the "
+                "last frame")
+        samples = samples[: frames * SAMPLES_PER_FRAME]
     if ctx.info.audio_rate != AUDIO_SAMPLE_RATE or ctx.info.audio_channels != 1:
         ctx.log(f"audio {ctx.info.audio_rate} Hz, {ctx.info.audio_channels} channel(s) -> {AUDIO_SAMPLE_RATE} Hz mono aud.wav")
     write_wav(ctx.layout.audio_wav, samples, AUDIO_SAMPLE_RATE)
@@ -303,11 +317,11 @@ STEPS: list[Step] = [
     Step(4, "parsing", _parsing, _per_frame("parsing", ".png")),
     Step(5, "background", _background, lambda lay, n: [lay.background]),
     Step(6, "gt_torso", _gt_torso, lambda lay, n: [*_per_frame("gt_imgs", ".jpg")(lay, n), *_per_frame("torso_imgs", ".png")(lay, n)]),
-    Step(10, "teeth", _teeth, _per_frame("teeth_mask", ".npy")),
+    Step(10, "teeth", _teeth, _per_frame("teeth_mask", ".png")),
     Step(11, "au", _au, lambda lay, n: [lay.au_csv]),
     Step(8, "tracking", _tracking, lambda lay, n: [lay.track_params]),
     Step(9, "transforms", _transforms, lambda lay, n: [lay.transforms("train"), lay.transforms("val")]),
-    Step(12, "priors", _priors, lambda lay, n: [*_per_frame("depth", ".npy")(lay, n), *_per_frame("normal", ".npy")(lay, n)]),
+    Step(12, "priors", _priors, lambda lay, n: [*_per_frame("depth", ".png")(lay, n), *_per_frame("normal", ".png")(lay, n)]),
     Step(13, "debug", _debug, lambda lay, n: []),
 ]
 
@@ -330,18 +344,35 @@ def _done(step: Step, ctx: Context) -> bool:
         outputs = [ctx.layout.root / record.get("file", "")] if record.get("extractor") == ctx.cfg.audio_extractor else []
         if not outputs:
             return False
-    return all(p.exists() for p in outputs)
+    return all(p.exists() or (p.suffix == ".png" and maps.find(p) is not None) for p in outputs)  # older clips' maps: .npy
+
+
+# the fields of meta.json that are read back, and their JSON types
+META_FIELDS = {"steps": dict, "source": dict, "num_frames": int, "frame_size": list, "notes": list, "tracking": dict}
 
 
 def load_meta(layout: DatasetLayout) -> dict:
-    """A processed clip's ``meta.json`` (``{}`` when missing or unreadable)."""
+    """A processed clip's ``meta.json``: ``{}`` when missing, unreadable or not what we write (a field of
+    another type), so that every step runs anew."""
     if not layout.meta.exists():
         return {}
     try:
         meta = json.loads(layout.meta.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return meta if isinstance(meta, dict) else {}
+    if not isinstance(meta, dict) or not well_formed_meta(meta):
+        return {}
+    return meta
+
+
+def well_formed_meta(meta: dict) -> bool:
+    """Whether ``meta`` has the fields' types that :func:`run` writes (see :data:`META_FIELDS`)."""
+    if any(k in meta and (not isinstance(meta[k], kind) or isinstance(meta[k], bool)) for k, kind in META_FIELDS.items()):
+        return False
+    if not all(isinstance(r, dict) for r in meta.get("steps", {}).values()):
+        return False
+    size = meta.get("frame_size", [0, 0])
+    return len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
 
 
 def _positional(argv: list[str] | None) -> list[str]:
@@ -446,6 +477,7 @@ def _run_locked(cfg: ProcessConfig, info, source: Path, layout: DatasetLayout, f
     remove_stale_temporaries(root)  # left by a run killed mid-write
     current = source_record(info, source)
     old_meta = load_meta(layout)
+    damaged_meta = layout.meta.exists() and not old_meta
     new_video = bool(old_meta) and not same_video(old_meta.get("source", {}), current, source)
     if new_video:
         _refuse_stale_user_au(layout, cfg, old_meta, source)
@@ -453,6 +485,8 @@ def _run_locked(cfg: ProcessConfig, info, source: Path, layout: DatasetLayout, f
     meta["source"] = current  # a moved folder keeps its steps
     meta["notes"] = []
     ctx = Context(cfg, layout, info, meta)
+    if damaged_meta:
+        ctx.log(f"{layout.meta}: unreadable or not written by instag process; every step runs anew")
     if new_video:
         old_path = str(old_meta.get("source", {}).get("path"))
         ctx.log(f"{source} differs from the video meta.json recorded ({old_path}: size, content or streams)"

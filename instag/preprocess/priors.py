@@ -1,10 +1,10 @@
 """Depth and normal priors rendered from the tracked face mesh (MediaPipe's tessellation).
 
 Per frame, the tracked landmark shape is posed in OpenCV camera space and its triangles are
-rasterised with a z-buffer (vectorised in torch, one frame at a time): ``depth/<i>.npy`` =
-camera z of the nearest surface (float16 [H,W], 0 off the face), ``normal/<i>.npy`` =
-interpolated vertex normals in camera space (float16 [H,W,3], x right, y down, z forward;
-they face the camera, so z < 0; 0 off the face).
+rasterised with a z-buffer (vectorised in torch, one frame at a time): ``depth/<i>.png`` =
+camera z of the nearest surface ([H,W], 0 off the face), ``normal/<i>.png`` = interpolated
+vertex normals in camera space ([H,W,3], x right, y down, z forward; they face the camera, so
+z < 0; 0 off the face), encoded as :mod:`instag.data.maps` describes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from instag.data.format import DatasetLayout
-from instag.io.atomic import save_npy
+from instag.data.maps import write_depth, write_normal
 from instag.preprocess import tracking
 from instag.preprocess.mesh import triangles
 from instag.preprocess.workers import for_each_frame
@@ -130,8 +130,8 @@ def run(layout: DatasetLayout) -> None:
         rot = torch.as_tensor(r_cv[i])
         verts = verts_head @ rot.T + torch.as_tensor(t_cv[i])
         depth, normal = rasterize(verts, normals_head @ rot.T, tris, focal, width, height)
-        save_npy(layout.depth_prior(i), depth.numpy().astype(np.float16))
-        save_npy(layout.normal_prior(i), normal.numpy().astype(np.float16))
+        write_depth(layout.depth_prior(i), depth.numpy())
+        write_normal(layout.normal_prior(i), normal.numpy())
 
     try:
         for_each_frame(len(r_cv), work, "priors")

@@ -14,7 +14,7 @@ Two layouts are written:
 - upstream's: ``sapiens/depth/<model>/<i>.npy`` float32 [H,W] raw depth and
   ``sapiens/normal/<model>/<i>.npy`` float32 [H,W,3] unit normals in Sapiens's axes, so
   upstream's loader (which globs ``sapiens/{depth,normal}/sapiens_*``) reads them unchanged;
-- ours (``DatasetLayout.depth_prior(i)`` / ``normal_prior(i)``, float16, 0 = no prior): only on
+- ours (``DatasetLayout.depth_prior(i)`` / ``normal_prior(i)``, :mod:`instag.data.maps`, 0 = no prior): only on
   person pixels (non-background in ``parsing/<i>.png``; every pixel when there is no parsing).
   Normals are converted to OpenCV camera axes (x right, y down, z forward; a surface facing the
   camera has n_z < 0). Sapiens predicts camera-space normals with x right, y up and z toward the
@@ -126,6 +126,7 @@ def _outputs(layout, task: str, name: str, i: int) -> tuple[Path, Path]:
 
 
 def _write(layout, task: str, name: str, i: int, pred: np.ndarray, mask: np.ndarray, normal_axes: str) -> None:
+    from instag.data.maps import write_depth, write_normal
     from instag.io.atomic import save_npy
 
     upstream, ours = _outputs(layout, task, name, i)
@@ -136,14 +137,14 @@ def _write(layout, task: str, name: str, i: int, pred: np.ndarray, mask: np.ndar
         if values.size and values.min() <= 0:  # keep 0 meaning "no prior"; a shift is harmless for relative depth
             values = values - values.min() + 1e-3
         prior[mask] = values
-        save_npy(ours, prior.astype(np.float16))
+        write_depth(ours, prior)
     else:
         normal = unit_normals(pred)
         save_npy(upstream, normal.astype(np.float32))
         camera = normal * SAPIENS_TO_OPENCV if normal_axes == "sapiens" else normal
         prior = np.zeros_like(camera)
         prior[mask] = camera[mask]
-        save_npy(ours, prior.astype(np.float16))
+        write_normal(ours, prior)
 
 
 def run_job(job: SapiensJob) -> int:
@@ -152,12 +153,13 @@ def run_job(job: SapiensJob) -> int:
     from tqdm import tqdm
 
     from instag.data.format import DatasetLayout
+    from instag.data.maps import find
 
     layout = DatasetLayout.of(job.root)
     done = 0
     for task, checkpoint in job.checkpoints.items():
         name = model_name(Path(checkpoint))
-        todo = [i for i in job.frames if job.force or not all(p.is_file() for p in _outputs(layout, task, name, i))]
+        todo = [i for i in job.frames if job.force or not all(find(p) is not None for p in _outputs(layout, task, name, i))]
         if not todo:
             continue
         try:

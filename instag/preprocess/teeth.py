@@ -1,4 +1,4 @@
-"""Teeth masks ``teeth_mask/<i>.npy`` (bool [H,W]): bright, low-saturation pixels inside the inner lips.
+"""Teeth masks ``teeth_mask/<i>.png`` (bool [H,W], see :mod:`instag.data.maps`): bright, low-saturation pixels inside the inner lips.
 
 Brightness is judged against the frame's own face skin so that dim or bright footage works
 alike; lips (saturated) and the mouth cavity (dark) fall out.
@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 
 from instag.data.format import DatasetLayout
+from instag.data.maps import write_mask
 from instag.errors import InstagError
-from instag.io.atomic import save_npy
 from instag.preprocess.mesh import INNER_LIPS
 from instag.preprocess.workers import for_each_frame
 
@@ -56,6 +56,6 @@ def run(layout: DatasetLayout, landmarks: np.ndarray) -> None:
         img = cv2.imread(str(layout.ori_image(i)))
         if img is None:
             raise InstagError(f"{layout.ori_image(i)}: missing or unreadable; rerun with --task 3 --force")
-        save_npy(layout.teeth_mask(i), teeth_mask(img, landmarks[i]))
+        write_mask(layout.teeth_mask(i), teeth_mask(img, landmarks[i]))
 
     for_each_frame(len(landmarks), work, "teeth")

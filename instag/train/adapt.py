@@ -167,8 +167,10 @@ def _adapt(cfg: AdaptConfig, log) -> int:
 
 def _checkpoint_meta(cfg: AdaptConfig, extractor: str, item_shape: tuple) -> dict:
     """What every checkpoint of the run records about it."""
+    from instag.model.talking_head import source_clip
+
     return {"audio_extractor": extractor, "item_shape": list(item_shape), "source_path": str(cfg.source_path),
-            "N_views": cfg.N_views, "long": cfg.long, "preset": cfg.preset}
+            "source_clip": source_clip(cfg.source_path), "N_views": cfg.N_views, "long": cfg.long, "preset": cfg.preset}
 
 
 def _run_stages(cfg: AdaptConfig, clip, extractor: str, item_shape: tuple, iters: dict, stages: list[str], meta: dict,
