@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from instag.render import Camera, composite, rasterize, rasterize_batch
+from instag.render import Camera, composite, rasterize, rasterize_batch, reference
+from instag.render.camera import stack_cameras
 from instag.render.reference import EPS2D
 from instag.render.sh import SH_C0, eval_sh, rgb_to_sh
 
@@ -211,3 +212,146 @@ def test_composite_and_options():
         rasterize(*params, cam, backend="vulkan")
     with pytest.raises(ValueError):
         rasterize(*params, cam, backend="gsplat")  # CPU tensors
+
+
+def _dense_rasterize(means, quats, scales, opacities, features, viewmats, Ks, width, height):
+    """Every pixel against every visible Gaussian, front to back (no tiles, no chunks): the tiled rasterizer's
+    reference -> features ``[B,D,H,W]``, alpha, depth ``[B,1,H,W]``."""
+    means2d, conics, depths, radii = reference.project(
+        means, quats, scales, opacities, viewmats, Ks, width, height, 0.01, 100.0
+    )
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=means.dtype) + 0.5, torch.arange(width, dtype=means.dtype) + 0.5, indexing="ij"
+    )
+    pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)
+    images, alphas = [], []
+    for b in range(means.shape[0]):
+        ids = torch.nonzero((radii[b] > 0).any(-1)).squeeze(1)
+        ids = ids[torch.sort(depths[b, ids], stable=True).indices]
+        d = means2d[b, ids][:, None] - pix[None]  # [n,P,2]
+        con = conics[b, ids]
+        sigma = 0.5 * (con[:, None, 0] * d[..., 0] ** 2 + con[:, None, 2] * d[..., 1] ** 2)
+        sigma = sigma + con[:, None, 1] * d[..., 0] * d[..., 1]
+        alpha = torch.clamp(opacities[b, ids, None] * torch.exp(-sigma), max=reference.ALPHA_MAX)
+        alpha = torch.where((sigma >= 0) & (alpha >= reference.ALPHA_MIN), alpha, 0.0)
+        with torch.no_grad():
+            alive = torch.cumprod(1 - alpha, 0) > reference.TRANSMITTANCE_MIN
+        alpha = torch.where(alive, alpha, 0.0)
+        trans = torch.cumprod(1 - alpha, 0)
+        weights = alpha * torch.cat([torch.ones_like(trans[:1]), trans[:-1]])
+        values = torch.cat([features[b, ids], depths[b, ids, None]], -1)
+        images.append((weights.T @ values).T.reshape(-1, height, width))
+        alphas.append((1 - trans[-1]).reshape(1, height, width))
+    image, alpha = torch.stack(images), torch.stack(alphas)
+    return image[:, :-1], alpha, image[:, -1:] / alpha.clamp_min(1e-10)
+
+
+def _crowded_scene(n=160, seed=3, needle=True):
+    """Two frames of 36x44 (partial tiles at both edges): a random cloud, a stack of near-opaque Gaussians that
+    stops pixels part-way through a chunk of a crowded tile, and a needle (a conic far enough from round that
+    the rasterizer checks the sign of sigma)."""
+    gen = torch.Generator().manual_seed(seed)
+    means = (torch.rand(n, 3, generator=gen, dtype=F64) - 0.5) * torch.tensor([0.2, 0.15, 0.1], dtype=F64)
+    means[:60, :2] = 0.02 * torch.randn(60, 2, generator=gen, dtype=F64) - 0.05  # crowded tile, > CHUNK deep
+    quats = torch.randn(n, 4, generator=gen, dtype=F64)
+    quats = quats / quats.norm(dim=-1, keepdim=True)
+    scales = 0.004 + 0.03 * torch.rand(n, 3, generator=gen, dtype=F64)
+    if needle:
+        scales[0] = torch.tensor([3.0, 1e-4, 1e-4], dtype=F64)
+    opac = 0.05 + 0.9 * torch.rand(n, generator=gen, dtype=F64)
+    opac[:60] = 0.97
+    feats = torch.rand(n, 4, generator=gen, dtype=F64)
+    cams = [
+        Camera.look_at((0.05, 0.02, 0.7), (0.0, 0.0, 0.0), focal=90.0, width=44, height=36).to(dtype=F64),
+        Camera.look_at((-0.2, 0.1, 0.6), (0.0, 0.0, 0.0), focal=80.0, width=44, height=36).to(dtype=F64),
+    ]
+    viewmats, Ks = stack_cameras(cams, "cpu", F64)
+    params = [t[None].expand(2, *t.shape).clone() for t in (means, quats, scales, opac, feats)]
+    return params, viewmats, Ks
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("needle", [False, True])
+@pytest.mark.parametrize("small_steps", [False, True])
+def test_tiled_matches_dense(grad, needle, small_steps, monkeypatch):
+    if small_steps:  # many chunks per tile and one or two tiles per call
+        monkeypatch.setattr(reference, "CHUNK", 7)
+        monkeypatch.setattr(reference, "GROUP_ELEMENTS", 2 * 7 * reference.TILE**2)
+    params, viewmats, Ks = _crowded_scene(needle=needle)
+    with torch.set_grad_enabled(grad):
+        if grad:  # the differentiable path (autograd), else the in-place one
+            params = [p.requires_grad_(True) for p in params]
+        tiled = reference.rasterize_features(*params, viewmats, Ks, 44, 36)
+        image, alpha, depth = _dense_rasterize(*params, viewmats, Ks, 44, 36)
+    assert alpha.max() > 0.9998 and (alpha == 0).any()  # pixels stopped at T ~ 1e-4, and empty ones
+    assert torch.allclose(tiled.features, image, atol=1e-10)
+    assert torch.allclose(tiled.alpha, alpha, atol=1e-10)
+    assert torch.allclose(tiled.depth, depth, atol=1e-9)
+
+
+def test_tiled_gradients_match_dense():
+    params, viewmats, Ks = _crowded_scene(n=80, seed=4)
+    params = [p.requires_grad_(True) for p in params]
+    gen = torch.Generator().manual_seed(5)
+    w_image, w_alpha, w_depth = (torch.rand(2, c, 36, 44, generator=gen, dtype=F64) for c in (4, 1, 1))
+    with torch.no_grad():
+        w_depth *= _dense_rasterize(*params, viewmats, Ks, 44, 36)[1] > 0.05
+
+    def grads(fn):
+        image, alpha, depth = fn()
+        loss = (w_image * image).sum() + (w_alpha * alpha).sum() + (w_depth * depth).sum()
+        return torch.autograd.grad(loss, params)
+
+    def tiled():
+        out = reference.rasterize_features(*params, viewmats, Ks, 44, 36)
+        return out.features, out.alpha, out.depth
+
+    for name, a, b in zip(("means", "quats", "scales", "opacities", "features"), grads(tiled),
+                          grads(lambda: _dense_rasterize(*params, viewmats, Ks, 44, 36))):  # fmt: skip
+        assert b.abs().max() > 0, name
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10), name
+
+
+def test_tile_pairs_cover_exactly_the_tiles_reached():
+    """A (tile, Gaussian) pair is listed iff alpha reaches 1/255 in the tile: none missing, and an extra only
+    where the threshold is met between pixel centres (found by 8x supersampling)."""
+    params, viewmats, Ks = _crowded_scene()
+    means, quats, scales, opac, _ = (p[:1] for p in params)
+    width, height, tile = 44, 36, reference.TILE
+    means2d, conics, _, radii = reference.project(
+        means, quats, scales, opac, viewmats[:1], Ks[:1], width, height, 0.01, 100.0
+    )
+    visible = torch.nonzero((radii[0] > 0).any(-1)).squeeze(1)
+    shapes = torch.cat([means2d[0], conics[0], opac[0, :, None].log()], -1)[visible]
+    tiles, position = reference._tile_pairs(shapes, torch.zeros_like(visible), width, height)
+    listed = set(zip(tiles.tolist(), position.tolist()))
+    tiles_x = math.ceil(width / tile)
+
+    def reach(step):  # [M, tiles] largest alpha over each tile's rectangle of pixel centres, every ``step`` px
+        ys, xs = torch.meshgrid(torch.arange(0.5, height - 0.5 + 1e-9, step, dtype=F64),
+                                torch.arange(0.5, width - 0.5 + 1e-9, step, dtype=F64), indexing="ij")  # fmt: skip
+        ys, xs = ys.reshape(-1), xs.reshape(-1)
+        inside = (ys % tile >= 0.5) & (ys % tile <= tile - 0.5) & (xs % tile >= 0.5) & (xs % tile <= tile - 0.5)
+        ys, xs = ys[inside], xs[inside]
+        d = shapes[:, None, :2] - torch.stack([xs, ys], -1)
+        sigma = 0.5 * (shapes[:, None, 2] * d[..., 0] ** 2 + shapes[:, None, 4] * d[..., 1] ** 2)
+        sigma = sigma + shapes[:, None, 3] * d[..., 0] * d[..., 1]
+        alpha = opac[0, visible, None] * torch.exp(-sigma)
+        which = (ys // tile).long() * tiles_x + (xs // tile).long()
+        return torch.zeros(len(visible), tiles_x * math.ceil(height / tile), dtype=F64).scatter_reduce(
+            1, which.expand_as(alpha), alpha, "amax"
+        )
+
+    needed = {(t, m) for m, t in torch.nonzero(reach(1.0) >= reference.ALPHA_MIN).tolist()}
+    assert needed and needed <= listed
+    fine = reach(1 / 8)
+    assert all(fine[m, t] >= 0.98 * reference.ALPHA_MIN for t, m in listed - needed)
+    order = tiles * len(shapes) + position  # by tile, then front to back (positions are in depth order)
+    assert (order[1:] > order[:-1]).all()
+
+
+def test_nothing_visible_renders_empty():
+    params, viewmats, Ks = _crowded_scene(n=80)
+    params[0] = params[0] + torch.tensor([0.0, 0.0, 5.0], dtype=F64)  # behind both cameras
+    out = reference.rasterize_features(*params, viewmats, Ks, 44, 36)
+    assert (out.radii == 0).all() and (out.alpha == 0).all() and (out.features == 0).all() and (out.depth == 0).all()
