@@ -62,7 +62,8 @@ MAX_SOUND_SHORTFALL_S = 0.5
 class ProcessConfig:
     """Preprocess a talking-head video into upstream's data/<ID>/ layout (embedded defaults, nothing downloaded)."""
 
-    path: str = field(metadata={"help": "the video, e.g. data/<ID>/<ID>.mp4 (may also be given without --path)"})
+    path: str = field(metadata={"help": "the video, e.g. data/<ID>/<ID>.mp4 (may also be given without --path); or a "
+                                        "folder of videos, each processed into <out>/<name>/"})
     out: str | None = field(default=None, metadata={"help": "output folder (default: the video's folder)"})
     task: str = field(default="-1", metadata={"help": "run one step only, by number or name (-1 = all): 1 audio, "
                                                       "2 audio_features, 3 frames, 4 parsing, 5 background, 6 gt_torso, "
@@ -80,6 +81,8 @@ class ProcessConfig:
     max_face_gap: int = field(default=5, metadata={"help": "longest run of frames without a face that is interpolated"})
     smooth: float = field(default=3.0, metadata={"help": "temporal smoothness weight of the head tracker"})
     debug_frames: int = field(default=4, metadata={"help": "frames drawn into debug/ overlays"})
+    workers: int = field(default=0, metadata={"help": "for a folder of videos: processes working at once (0 = one per "
+                                                      "two cores; under torchrun each process is one)"})
 
 
 @dataclass
@@ -544,6 +547,10 @@ def _remove_new(root: Path, before: set[Path], fresh_root: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(ProcessConfig, _positional(argv), prog="instag process")
+    if Path(cfg.path).is_dir():
+        from instag.preprocess.batch import run_batch
+
+        return run_batch(cfg)
     meta = run(cfg)
     steps = meta.get("steps", {})
     total = sum(s.get("seconds", 0.0) for s in steps.values())

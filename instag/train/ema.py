@@ -15,11 +15,13 @@ class EMA:
         self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, steps: int = 1) -> None:
+        """One update standing for ``steps`` optimiser steps (data-parallel rounds train several frames at once)."""
+        weight = 1.0 - self.decay**steps
         for k, v in self.module.state_dict().items():
             s = self.shadow[k]
             if v.dtype.is_floating_point:
-                s.lerp_(v.detach(), 1.0 - self.decay)
+                s.lerp_(v.detach(), weight)
             else:
                 s.copy_(v)
 

@@ -5,10 +5,15 @@ identity gets its own clouds and personalized fields, all share the universal fi
 stage runs first, then the mouth stage (which needs the face clouds for the FM hook). Writes
 ``<model_path>/chkpnt_ema_{face,mouth}_latest.{safetensors,json}`` (what adaptation starts from)
 and resumable state ``train_pretrain_{face,mouth}.*``; ``--resume`` continues a stopped run.
+
+Under ``torchrun --nproc_per_node N`` the identities are trained data-parallel by N processes (one GPU
+each, or gloo on the CPU; :mod:`instag.train.distributed`); the files written are the same, and a run
+stopped with one N resumes with another.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -86,6 +91,19 @@ def _all_frames(root: Path, extractor: str, max_side: int | None):
 
 
 def pretrain(cfg: PretrainConfig, log=print) -> int:
+    from instag.train import distributed
+    from instag.train.run import INCOMPLETE
+
+    world, device = distributed.start(cfg.device)
+    try:
+        code = _pretrain(cfg, log if world.is_main else (lambda *a, **k: None), world, device)
+    finally:
+        distributed.finish(world)
+    # torchrun takes any other status than 0 for a failure and stops the other processes at once
+    return 0 if world.size > 1 and code == INCOMPLETE else code
+
+
+def _pretrain(cfg: PretrainConfig, log, world, device) -> int:
     import torch  # here, not at the top, so that `instag pretrain --help` answers without loading it
 
     from instag.audio.registry import get_extractor
@@ -109,17 +127,26 @@ def pretrain(cfg: PretrainConfig, log=print) -> int:
     t_start = time.time()
     stages = stage_list(cfg.stages, ("face", "mouth"))
     preset = PRESETS[cfg.preset]
-    device = pick_device(cfg.device)
+    device = device or pick_device(cfg.device)
     workers = pick_workers(cfg.workers, device)
+    if world.size > 1 and cfg.workers < 0:  # the machine's loader workers are shared by its training processes
+        workers = max(1, workers // int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))
     set_seed(cfg.seed)
     out = Path(cfg.model_path)
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)  # left by a run killed mid-write
+    if world.is_main:
+        remove_stale_temporaries(out)  # left by a run killed mid-write
+    world.barrier()
     item_shape = tuple(get_extractor(cfg.audio_extractor).item_shape)
     max_side = preset["max_side"] if cfg.max_side < 0 else cfg.max_side
     dirs = find_identities(Path(cfg.source_path), cfg.identities)
+    if world.size > len(dirs):
+        raise InstagError(f"{world.size} training processes for {len(dirs)} identities in {cfg.source_path}: each process "
+                          f"trains whole identities; start at most {len(dirs)} (torchrun --nproc_per_node {len(dirs)})")
     clips = [_all_frames(d, cfg.audio_extractor, max_side or None) for d in dirs]
-    log(f"instag pretrain: {len(clips)} identities, {sum(len(c) for c in clips)} frames, {cfg.audio_extractor} features, device {device}")
+    across = f" x {world.size} processes" if world.size > 1 else ""
+    log(f"instag pretrain: {len(clips)} identities, {sum(len(c) for c in clips)} frames, {cfg.audio_extractor} features, "
+        f"device {device.type}{across}")
     iters = {"face": cfg.iterations or preset["face"], "mouth": cfg.mouth_iterations or preset["mouth"]}
     overrides = {} if cfg.lip_aux < 0 else {"lip_aux": cfg.lip_aux}
     if cfg.lip_motion >= 0:
@@ -135,6 +162,8 @@ def pretrain(cfg: PretrainConfig, log=print) -> int:
                                   face_field, mouth_field, cfg.share_audio_net, gen)
         head.align = False
         identities.append(Identity(clip, head))
+    if world.size > 1:  # every process built every identity alike; from here on each draws its own numbers
+        set_seed(cfg.seed + world.rank)
     timings = {}
     names = [c.name for c in clips]
     # a resumed run keeps the finished stages and earlier pieces on record
@@ -163,10 +192,12 @@ def pretrain(cfg: PretrainConfig, log=print) -> int:
 
         result, _ = run_stage(scfg, identities, device, out, stem, meta, cfg.resume, on_save, workers,
                               remaining_seconds(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet,
-                              save_seconds=cfg.checkpoint_seconds)
+                              save_seconds=cfg.checkpoint_seconds, world=world)
         timings[stage] = result.seconds
         summary["stages"][stage] = stage_entry(summary["stages"].get(stage), result, scfg.iterations)
-        write_json(out / "pretrain_log.json", summary)
+        if world.is_main:
+            write_json(out / "pretrain_log.json", summary)
+        world.barrier()  # the next stage reads what the first process wrote
         if not result.complete:
             log(f"instag pretrain: stopped at {stage} iteration {result.iteration}/{scfg.iterations} after "
                 f"{result.seconds:.0f} s; continue with --resume")
@@ -200,5 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse(PretrainConfig, argv, prog="instag pretrain")
     t0 = time.time()
     code = pretrain(cfg)
-    print(f"instag pretrain: total {time.time() - t0:.0f} s", file=sys.stderr)
+    if int(os.environ.get("RANK", "0")) == 0:  # the first of several processes speaks for all
+        print(f"instag pretrain: total {time.time() - t0:.0f} s", file=sys.stderr)
     return code

@@ -16,6 +16,7 @@ from instag.errors import InstagError
 from instag.model.audio_encoder import LipHead
 from instag.train.checkpoint import read_checkpoint, stem_paths, write_checkpoint
 from instag.train.config import StageConfig
+from instag.train.distributed import SINGLE, World
 from instag.train.engine import (
     Identity,
     StepLog,
@@ -63,15 +64,16 @@ def set_seed(seed: int) -> None:
 class Logger:
     """Progress lines to stderr and, when ``torch.utils.tensorboard`` imports, TensorBoard scalars."""
 
-    def __init__(self, folder: Path, tag: str):
+    def __init__(self, folder: Path, tag: str, tensorboard: bool = True):
         self.tag = tag
         self.writer = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        if tensorboard:  # False in all but the first of several training processes
+            try:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(folder / "tb"))
-        except Exception:  # tensorboard is optional
-            self.writer = None
+                self.writer = SummaryWriter(str(folder / "tb"))
+            except Exception:  # tensorboard is optional
+                self.writer = None
         self.history: list[tuple[int, float]] = []
         self.photo_history: list[tuple[int, float]] = []  # the photometric part alone (L1 + D-SSIM)
 
@@ -161,12 +163,16 @@ def run_stage(
     progress: bool = True,
     save_seconds: float = 90.0,
     validator: Validator | None = None,
+    world: World = SINGLE,
 ) -> tuple[StageResult, Trainer]:
     """Run (or resume) one stage; ``on_save(trainer, it)`` writes the stage's products after each state save.
 
     With a ``validator`` the stage is scored on held-out frames on its schedule; its state (history, best
     score, the best weights when it keeps them) is saved with the training state and restored on resume,
-    and a stage it ended early counts as finished."""
+    and a stage it ended early counts as finished.
+
+    Among several processes (``world``) each trains its shard of ``identities``; the first process gathers
+    and writes the checkpoints and calls ``on_save``, and its result holds every process's loss log."""
     folder.mkdir(parents=True, exist_ok=True)
     lip_head = LipHead(LIP_TARGET_DIM) if cfg.lip_aux > 0 else None
     start = 0
@@ -189,13 +195,14 @@ def run_stage(
                               "with the same --val_every and --early_stop, or delete it")
         if validator is not None:
             validator.restore(old_meta.get("validation"), tensors)
-        print(f"instag: resuming {cfg.mode} {cfg.stage} from iteration {start} ({t_path})", file=sys.stderr)
-    elif t_path.exists() and not resume:
+        if world.is_main:
+            print(f"instag: resuming {cfg.mode} {cfg.stage} from iteration {start} ({t_path})", file=sys.stderr)
+    elif t_path.exists() and not resume and world.is_main:
         print(f"instag: {t_path} exists; starting {cfg.mode} {cfg.stage} afresh (pass --resume to continue it)", file=sys.stderr)
     for ident in identities:
         ident.head.to(device)
-    logger = Logger(folder, f"{cfg.mode}_{cfg.stage}")
-    trainer = Trainer(cfg, identities, device, lip_head=lip_head, num_workers=workers, seed=seed, log=logger)
+    logger = Logger(folder, f"{cfg.mode}_{cfg.stage}", tensorboard=world.is_main)
+    trainer = Trainer(cfg, identities, device, lip_head=lip_head, num_workers=workers, seed=seed, log=logger, world=world)
     if optim is not None:
         load_optim_state(trainer, optim, ema)
     if validator is not None:
@@ -208,7 +215,11 @@ def run_stage(
         if validator is not None:
             m.update(validation=validator.state(), early_stopped=validator.stopped)
             tensors.update(validator.tensors())
-        path = write_checkpoint(folder, state_stem, tensors, m, trainer_optim_state(trainer))
+        gathered = world.gather_state(trainer.id_index, tensors, trainer_optim_state(trainer))
+        if gathered is None:
+            return "written by the first process"
+        tensors, optim_state = gathered
+        path = write_checkpoint(folder, state_stem, tensors, m, optim_state)
         on_save(trainer, it)
         return str(path)
 
@@ -216,10 +227,12 @@ def run_stage(
     if ended:
         # killed after the stage's last state was written but maybe before its products were:
         # write them again from that state, so the next stage reads the finished stage
-        on_save(trainer, start)
+        if world.is_main:
+            on_save(trainer, start)
         logger.close()
         how = f"its last iteration ({start})" if start >= cfg.iterations else f"its early stop (iteration {start})"
-        print(f"instag: {cfg.mode} {cfg.stage} had reached {how}; wrote its products again", file=sys.stderr)
+        if world.is_main:
+            print(f"instag: {cfg.mode} {cfg.stage} had reached {how}; wrote its products again", file=sys.stderr)
         return StageResult(start, True, 0.0, logger.history, start, logger.photo_history, trainer.notes,
                            start < cfg.iterations), trainer
     last = trainer.run(start, save=save, save_seconds=save_seconds, stop_after_seconds=stop_after, progress=progress,
@@ -228,11 +241,15 @@ def run_stage(
     logger.close()
     done = max(1, last - start)
     checks = "" if validator is None else f", validation {validator.seconds:.1f} s ({validator.checks} checks)"
-    print(f"instag: {cfg.mode} {cfg.stage}: {done} steps, {1000 * trainer.time_step / done:.1f} ms/step compute, "
-          f"{1000 * trainer.time_data / done:.1f} ms/step waiting for data{checks}", file=sys.stderr)
+    history, photo_history = world.merge_log(logger.history), world.merge_log(logger.photo_history)
+    if world.is_main:
+        rounds = -(-done // world.size)  # = steps in one process
+        unit, across = ("step", "") if world.size == 1 else ("round", f" in {rounds} rounds of {world.size} processes")
+        print(f"instag: {cfg.mode} {cfg.stage}: {done} steps{across}, {1000 * trainer.time_step / rounds:.1f} ms/{unit} "
+              f"compute, {1000 * trainer.time_data / rounds:.1f} ms/{unit} waiting for data{checks}", file=sys.stderr)
     stopped_early = validator is not None and validator.stopped
-    return StageResult(last, last >= cfg.iterations or stopped_early, time.time() - t0, logger.history, start,
-                       logger.photo_history, trainer.notes, stopped_early), trainer
+    return StageResult(last, last >= cfg.iterations or stopped_early, time.time() - t0, history, start,
+                       photo_history, trainer.notes, stopped_early), trainer
 
 
 def remaining_seconds(stop_after: float, t_start: float) -> float | None:

@@ -38,9 +38,10 @@ def mouth_eligible(cfg: StageConfig, clip: Clip, it: int) -> np.ndarray | None:
     return ok if ok.size else None
 
 
-def curriculum_window(cfg: StageConfig, clip: Clip, it: int) -> tuple[np.ndarray, float, float] | None:
-    """(values, lo, hi) of the curriculum condition at iteration ``it``, or None (uniform)."""
-    if cfg.stage == "fuse" or it % cfg.select_interval != 0:
+def curriculum_window(cfg: StageConfig, clip: Clip, it: int, turn: int | None = None) -> tuple[np.ndarray, float, float] | None:
+    """(values, lo, hi) of the curriculum condition at iteration ``it``, or None (uniform). ``turn``: which
+    draw of this sampler ``it`` is (default ``it``); the curriculum applies to one draw in ``select_interval``."""
+    if cfg.stage == "fuse" or (it if turn is None else turn) % cfg.select_interval != 0:
         return None
     p = min(1.0, it / max(1, cfg.curriculum_end))
     warm = it <= cfg.warmup
@@ -68,25 +69,30 @@ def curriculum_window(cfg: StageConfig, clip: Clip, it: int) -> tuple[np.ndarray
 
 class CurriculumSampler(torch.utils.data.Sampler):
     """Yields ``(clip, position)`` for iterations ``start+1, start+2, ...``: a uniform clip, then a
-    frame by the stage's curriculum. Infinite; the engine stops after its last iteration."""
+    frame by the stage's curriculum. Infinite; the engine stops after its last iteration.
 
-    def __init__(self, clips: list[Clip], cfg: StageConfig, start: int = 0, seed: int = 0):
+    One of ``stride`` data-parallel processes draws for every ``stride``-th iteration from
+    ``start+1+offset`` on (its own identities' ``clips``)."""
+
+    def __init__(self, clips: list[Clip], cfg: StageConfig, start: int = 0, seed: int = 0, offset: int = 0, stride: int = 1):
         self.clips = clips
         self.cfg = cfg
         self.start = start
         self.seed = seed
+        self.offset = offset
+        self.stride = stride
 
     def __iter__(self):
-        rng = np.random.default_rng(self.seed + 7919 * self.start)
-        it = self.start
+        rng = np.random.default_rng(self.seed + 7919 * self.start + 104_729 * self.offset)
+        it = self.start + 1 + self.offset
         while True:
-            it += 1
-            yield self.draw(it, rng)
+            yield self.draw(it, rng, (it - 1) // self.stride + 1)
+            it += self.stride
 
-    def draw(self, it: int, rng: np.random.Generator) -> tuple[int, int]:
+    def draw(self, it: int, rng: np.random.Generator, turn: int | None = None) -> tuple[int, int]:
         c = int(rng.integers(len(self.clips)))
         clip = self.clips[c]
-        window = curriculum_window(self.cfg, clip, it)
+        window = curriculum_window(self.cfg, clip, it, turn)
         allowed = mouth_eligible(self.cfg, clip, it)
         if window is None:
             return c, int(rng.integers(len(clip)) if allowed is None else rng.choice(allowed))
