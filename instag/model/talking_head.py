@@ -338,7 +338,7 @@ class TalkingHead(nn.Module):
             check_source_clip(meta_path, meta, source)
         try:
             head = cls.from_state(tensors, meta)
-        except (RuntimeError, KeyError) as err:
+        except (RuntimeError, KeyError, ValueError) as err:
             raise InstagError(
                 f"{path} does not fit this version's model ({' '.join(str(err).split())[:200]}); re-run adaptation "
                 f"(bash scripts/train_xx_few.sh <data> {model_dir} 0)"
