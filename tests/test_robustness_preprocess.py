@@ -58,7 +58,8 @@ def test_missing_file_and_folder_instead_of_video(tmp_path):
     one_line_error(process(str(tmp_path / "nope.mp4")), "nope.mp4", "no such file")
     empty = tmp_path / "data" / "May"
     empty.mkdir(parents=True)
-    one_line_error(process(str(empty)), str(empty), "is a folder")
+    # a folder is a batch of videos (instag process FOLDER --out DIR): an empty one is refused, naming it
+    one_line_error(process(str(empty)), str(empty), "no videos in")
     assert list(empty.iterdir()) == []
 
 
