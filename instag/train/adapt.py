@@ -38,6 +38,8 @@ PRESETS = {
     "default": {"face": 2_000, "mouth": 1_500, "fuse": 500, "max_side": 0, "face_init": 2000, "mouth_init": 5000,
                 "val_every": 250},
     "tiny": {"face": 200, "mouth": 120, "fuse": 40, "max_side": 128, "face_init": 400, "mouth_init": 400, "val_every": 0},
+    # the README's CPU recipe: tiny's 128-pixel images, long enough for a recognisable head (about 4 min on 2 cores)
+    "cpu": {"face": 1500, "mouth": 500, "fuse": 150, "max_side": 128, "face_init": 400, "mouth_init": 400, "val_every": 0},
 }
 STAGE_ORDER = ("face", "mouth", "fuse")
 
@@ -53,7 +55,7 @@ class AdaptConfig:
     N_views: int = field(default=-1, metadata={"help": "use the first N training frames (250 = 10 s); -1 = all"})
     long: bool = field(default=False, metadata={"help": "long-video recipe: no geometry priors, no opacity reset, SH degree 2"})
     all_for_train: bool = field(default=False, metadata={"help": "also train on the validation frames (metrics become meaningless)"})
-    preset: str = field(default="default", metadata={"choices": tuple(PRESETS), "help": "recipe size: default (fast), upstream (10k/10k/2k), tiny (CI)"})
+    preset: str = field(default="default", metadata={"choices": tuple(PRESETS), "help": "recipe size: default (fast), upstream (10k/10k/2k), tiny (CI), cpu (the README's CPU recipe)"})
     iterations: int = field(default=0, metadata={"help": "face-stage iterations (0 = preset)"})
     mouth_iterations: int = field(default=0, metadata={"help": "mouth-stage iterations (0 = preset)"})
     fuse_iterations: int = field(default=0, metadata={"help": "fuse-stage iterations (0 = preset)"})
@@ -65,7 +67,7 @@ class AdaptConfig:
     stop_after: float = field(default=0.0, metadata={"help": "save and stop after this many seconds (0 = run to the end)"})
     checkpoint_seconds: float = field(default=90.0, metadata={"help": "save a resumable checkpoint at least this often (seconds)"})
     evaluate: bool = field(default=True, metadata={"help": "render and score the validation split afterwards"})
-    val_every: int = field(default=-1, metadata={"help": "score held-out frames every N steps of each stage and at its end (0 = off; -1 = preset: 250, upstream 1000, tiny off)"})
+    val_every: int = field(default=-1, metadata={"help": "score held-out frames every N steps of each stage and at its end (0 = off; -1 = preset: 250, upstream 1000, tiny and cpu off)"})
     val_frames: int = field(default=50, metadata={"help": "frames scored at each check: the first of the validation split (the last training frames with --all_for_train)"})
     early_stop: int = field(default=0, metadata={"help": "end a stage after this many checks without a better validation score and keep its best checkpoint (0 = off)"})
     dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha 13x13 before compositing the evaluation renders"})

@@ -43,7 +43,7 @@ class RefineConfig:
     source_path: str = field(metadata={"flags": ("-S", "-s"), "help": "the processed clip the model was adapted on (its validation split scores every version)"})
     model_path: str = field(metadata={"flags": ("-M", "-m"), "help": "trained model folder output/<ID>"})
     add: list[str] = field(metadata={"help": "processed clips of more footage of the same person (instag process)"})
-    preset: str = field(default="default", metadata={"choices": ("default", "upstream", "tiny"), "help": "stage lengths, as instag adapt's presets"})
+    preset: str = field(default="default", metadata={"choices": ("default", "upstream", "tiny", "cpu"), "help": "stage lengths, as instag adapt's presets"})
     iterations: int = field(default=0, metadata={"help": "face-stage iterations per added clip (0 = preset)"})
     mouth_iterations: int = field(default=0, metadata={"help": "mouth-stage iterations per added clip (0 = preset)"})
     fuse_iterations: int = field(default=0, metadata={"help": "fuse-stage iterations per added clip (0 = preset)"})
