@@ -54,21 +54,16 @@ def mel_block(samples: np.ndarray, block: int) -> torch.Tensor:
     return rows[first : first + ROWS_PER_BLOCK]
 
 
-class MelFeatureBuilder:
-    """Incremental per-frame mel items [T, 80, 16] (network layout) from audio that arrives in pieces.
+class AudioStream:
+    """Audio that arrives in pieces: ``push(samples)`` appends 16 kHz mono samples, ``finish()`` marks the end.
 
-    ``push(samples)`` appends audio; ``ready_frames()`` is the number of frames whose items are
-    final; ``finish()`` marks the end of the audio; ``items(upto)`` returns items [upto,80,16].
+    The feature builders below add ``ready_frames()`` (frames whose items are final), ``total_frames()`` (once
+    finished) and ``items(upto)`` (network-layout items of frames ``0 .. upto-1``).
     """
 
-    def __init__(self, reference_db: float | None = None):
-        if reference_db is not None and not np.isfinite(reference_db):
-            raise InstagError(f"--reference_db {reference_db}: give a finite level in dB (as instag stream prints it), or "
-                              "leave it out to measure it on the audio")
+    def __init__(self):
         self.samples = np.zeros(0, np.float32)
-        self.reference_db = reference_db
         self.finished = False
-        self._blocks: list[torch.Tensor] = []  # dB rows per block
 
     def push(self, samples: np.ndarray) -> None:
         if self.finished:
@@ -77,6 +72,18 @@ class MelFeatureBuilder:
 
     def finish(self) -> None:
         self.finished = True
+
+
+class MelFeatureBuilder(AudioStream):
+    """Incremental per-frame mel items [T, 80, 16] (network layout) from audio that arrives in pieces."""
+
+    def __init__(self, reference_db: float | None = None):
+        if reference_db is not None and not np.isfinite(reference_db):
+            raise InstagError(f"--reference_db {reference_db}: give a finite level in dB (as instag stream prints it), or "
+                              "leave it out to measure it on the audio")
+        super().__init__()
+        self.reference_db = reference_db
+        self._blocks: list[torch.Tensor] = []  # dB rows per block
 
     def total_frames(self) -> int | None:
         """Frames of the whole clip once finished (rounded like the mel extractor), else None."""
@@ -133,7 +140,7 @@ class MelFeatureBuilder:
         return padded.unfold(0, melmod.WINDOW, melmod.ROWS_PER_FRAME)[:upto].contiguous()  # [T, 80, 16]
 
 
-class WhisperFeatureBuilder:
+class WhisperFeatureBuilder(AudioStream):
     """Incremental per-frame whisper items ``[T, C, 2]`` (network layout), the :class:`MelFeatureBuilder` interface.
 
     Each computation encodes one window: the last 30 s of the audio received (from the start while shorter),
@@ -147,20 +154,11 @@ class WhisperFeatureBuilder:
     def __init__(self, extractor=None):
         from instag.audio.registry import get_extractor
 
+        super().__init__()
         self.extractor = extractor if extractor is not None else get_extractor("whisper")
-        self.samples = np.zeros(0, np.float32)
-        self.finished = False
         self.reference_db = None  # the mel level reference of MelFeatureBuilder: none here
         self._ceiling: float | None = None
         self._final: list[np.ndarray] = []  # per frame [2, C]
-
-    def push(self, samples: np.ndarray) -> None:
-        if self.finished:
-            raise InstagError("audio pushed after the end of the stream")
-        self.samples = np.concatenate([self.samples, np.asarray(samples, np.float32).reshape(-1)])
-
-    def finish(self) -> None:
-        self.finished = True
 
     def total_frames(self) -> int | None:
         return max(1, self.samples.shape[0] // SAMPLES_PER_FRAME) if self.finished else None
