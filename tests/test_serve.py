@@ -92,6 +92,7 @@ def test_upload_answer_feedback_and_log(served):
     assert set(pf["pose"]) == {"yaw", "pitch", "roll", "x", "y", "z"} and len(pf["pose"]["yaw"]) == 50
     assert "AU01" in pf["au"] and len(pf["au"]["AU01"]) == 50
     assert -1 <= rec["sync"]["score"] <= 1 and rec["latency"]["first_frame_ms"] > 0
+    assert rec["settings"]["delivery"] == {"arm": None, "mouth_scale": 1.0, "smoothing": 0.0, "expression_intensity": 1.0}
     feedback = served.log_records("feedback")
     assert any(f["session"] == end["answer"] and f["rating"] == "down" and f["note"] == "lips late" for f in feedback)
 

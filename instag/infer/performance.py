@@ -446,6 +446,7 @@ class Performer:
     performance: Performance = field(default_factory=Performance)
     seed: int = 0
     pauses: bool = True
+    expression_gain: float = 1.0  # multiplier on requested expression amounts (instag.infer.delivery)
 
     def __post_init__(self):
         self.train_au = np.asarray(self.train_au, np.float32)
@@ -501,7 +502,7 @@ class Performer:
         for cue in sorted(self.performance.expressions, key=lambda c: c.start):
             e = envelope(t, cue.start, cue.end, cue.ramp)[:, None]
             cols = [EXPRESSION_AUS.index(a) for a in cue.amounts]
-            target = self.rest[cols] + cue.intensity * np.array([cue.amounts[a] for a in cue.amounts])
+            target = self.rest[cols] + self.expression_gain * cue.intensity * np.array([cue.amounts[a] for a in cue.amounts])
             au[:, cols] = (1 - e) * au[:, cols] + e * target[None]
         if not given[AU45] and (self.has_au or self.performance.blinks):
             au[:, AU45] = blink_curve(self._blinks(t[-1] + 1 if len(t) else 0.0), frames, self.blink_rest, self.blink_peak)

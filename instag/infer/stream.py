@@ -54,6 +54,7 @@ import numpy as np
 from instag.config import parse
 from instag.data.format import AUDIO_SAMPLE_RATE, FPS, DatasetLayout
 from instag.errors import InstagError
+from instag.infer.delivery import DELIVERY_MODES, Controls, mouth_scaler
 from instag.infer.performance import Performance, parse_event, performance_from_options
 from instag.infer.synthesize import Backgrounds, Director, Plan, load_model, render_frames
 
@@ -66,7 +67,7 @@ class StreamSynthesizer:
 
     def __init__(self, model, clip, *, dilate: bool = False, reference_db: float | None = None, seed: int = 0,
                  batch: int = 8, lookahead_ms: float | None = None, performance: Performance | None = None,
-                 pauses: bool = True):
+                 pauses: bool = True, controls: Controls | None = None):
         from instag.audio.activity import SilenceTracker
         from instag.infer.features import MelFeatureBuilder, WhisperFeatureBuilder  # torch, kept out of --help
 
@@ -85,7 +86,8 @@ class StreamSynthesizer:
         self.next_frame = 0
         cam0 = clip.frames[0].camera
         self.backgrounds = Backgrounds(clip.layout, (cam0.height, cam0.width))
-        self.director = Director(clip, performance, seed, pauses)
+        self.director = Director(clip, performance, seed, pauses, controls)
+        self.mouth = mouth_scaler(model, clip, self.director.controls)
         self.silence = SilenceTracker() if pauses else None
         self.first_frame_audio_s: float | None = None
         self.lip_gap: list[float] = []  # per delivered frame: the model's predicted lip opening (session logs)
@@ -119,13 +121,12 @@ class StreamSynthesizer:
             self.first_frame_audio_s = self.features.samples.shape[0] / AUDIO_SAMPLE_RATE
         items_needed = stop + LOOKAHEAD_ITEMS if not self.features.finished else self.features.total_frames()
         items = self.features.items(items_needed, provisional=self.lookahead_ms is not None)
-        silent = None
-        if self.silence is not None:
-            silent = self.silence.decided(max(items.shape[0], stop))
-            items = self.director.quiet_items(items, silent, self.model.audio_extractor)
+        silent = self.silence.decided(max(items.shape[0], stop)) if self.silence is not None else None
+        items = self.director.quiet_items(items, silent, self.model.audio_extractor)
         start = self.next_frame
         plan = self.director.plan(start, stop, silent)
-        for frame in render_frames(self.model, plan, items, self.backgrounds, self.dilate, self.batch, lip_gap=self.lip_gap):
+        for frame in render_frames(self.model, plan, items, self.backgrounds, self.dilate, self.batch, lip_gap=self.lip_gap,
+                                   mouth=self.mouth):
             self.next_frame += 1
             yield frame
 
@@ -190,6 +191,11 @@ class StreamConfig:
     pauses: bool | None = field(default=None, metadata={"help": "in pauses close the mouth and relax the face (default: true)"})
     stdin_events: bool = field(default=False, metadata={
         "help": 'read timeline events from stdin while streaming, one JSON object a line, e.g. {"gesture": "nod"}'})
+    delivery: str | None = field(default=None, metadata={
+        "help": "auto: the model's delivery policy picks the controls below (see instag synthesize --help)", "choices": DELIVERY_MODES})
+    mouth_scale: float = field(default=1.0, metadata={"help": "mouth motion around its silence value, 0.6-1.5, within the training footage's"})
+    smoothing: float = field(default=0.0, metadata={"help": "causal smoothing of the audio drive over frames, 0-0.6"})
+    expression_intensity: float = field(default=1.0, metadata={"help": "multiplier on requested expressions, 0-1.5"})
 
 
 def read_events(lines: Iterable[str], events: queue.Queue) -> None:
@@ -254,6 +260,7 @@ def run_stream(synth: StreamSynthesizer, samples: np.ndarray, chunk_ms: int = 20
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
+    from instag.infer.delivery import resolve, settings_entry
     from instag.infer.sessionlog import SessionRecorder, write_session
     from instag.io.encode import VideoWriter, check_video_output, ffmpeg_exe, mux_audio
     from instag.io.folders import staging
@@ -268,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     pauses = cfg.pauses if cfg.pauses is not None else performance.pauses is not False
     out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}_stream.mp4"
     check_video_output(out)  # before any work
+    arm, controls = resolve(cfg.model_path, cfg.delivery, Controls(cfg.mouth_scale, cfg.smoothing, cfg.expression_intensity))
     samples = load_audio_16k_mono(cfg.audio)
     num_frames = frame_count(samples.shape[0])
     if num_frames == 0:
@@ -275,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"a frame is {1000 // FPS} ms)")
     synth = StreamSynthesizer.from_paths(cfg.source_path, cfg.model_path, cfg.device, dilate=cfg.dilate,
                                          reference_db=cfg.reference_db, seed=cfg.seed, batch=cfg.batch,
-                                         lookahead_ms=cfg.lookahead_ms, performance=performance, pauses=pauses)
+                                         lookahead_ms=cfg.lookahead_ms, performance=performance, pauses=pauses,
+                                         controls=controls)
     events: queue.Queue | None = None
     if cfg.stdin_events:
         events = queue.Queue()
@@ -305,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
               f"; mel reference {stats['reference_db']:.2f} dB (pass --reference_db to synthesize for identical frames)"
               if stats["reference_db"] is not None else ""))
     session.latency_ms = stats["latency_ms"]
+    session.settings["delivery"] = settings_entry(arm, controls, synth.mouth)
     write_session(session, samples, None, synth.delivered_plan(), synth.lip_gap)
     return 0
 

@@ -36,6 +36,7 @@ from instag.audio.registry import EXTRACTORS as AUDIO_EXTRACTORS
 from instag.config import parse
 from instag.data.format import EXPRESSION_AUS, FPS, SLOW_AUS, DatasetLayout
 from instag.errors import InstagError
+from instag.infer.delivery import DELIVERY_MODES, Controls, smooth_items
 from instag.infer.performance import Performance, Performer, blend_toward_silence, performance_from_options
 from instag.infer.pose import PoseTrack, cameras_with_poses, gesture_angles, with_gestures
 
@@ -72,6 +73,15 @@ class SynthesizeConfig:
     au_csv: str | None = field(default=None, metadata={"help": "OpenFace-format AU csv, one row per frame, replacing the default AUs of the columns it holds"})
     pauses: bool | None = field(default=None, metadata={"help": "in pauses of the speech close the mouth and relax the face (default: true)"})
     reference_db: float | None = field(default=None, metadata={"help": "mel level reference in dB (default: the clip's own; streaming prints the one it used)"})
+    delivery: str | None = field(default=None, metadata={
+        "help": "auto: the model's delivery policy (logs/delivery.json) picks the controls below and the session log "
+                "records its arm, for feedback to update it; off (default): the controls as given",
+        "choices": DELIVERY_MODES})
+    mouth_scale: float = field(default=1.0, metadata={
+        "help": "mouth motion around its silence value, 0.6-1.5, cut back per frame to the lip gap the model gives "
+                "its training footage"})
+    smoothing: float = field(default=0.0, metadata={"help": "causal smoothing of the audio drive over frames, 0-0.6 (EMA weight)"})
+    expression_intensity: float = field(default=1.0, metadata={"help": "multiplier on requested expressions, 0-1.5"})
     seed: int = field(default=0, metadata={"help": "seed of the blink timing"})
     batch: int = field(default=8, metadata={"help": "frames rendered per batch"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
@@ -98,10 +108,12 @@ class Director:
     :func:`instag.data.dataset.load_clip`): head pose, torso/background frame and AU condition. Frame ``k`` of a
     plan depends on the events and pause flags up to ``k`` only, so streams and offline runs agree."""
 
-    def __init__(self, clip, performance: Performance | None = None, seed: int = 0, pauses: bool = True):
+    def __init__(self, clip, performance: Performance | None = None, seed: int = 0, pauses: bool = True,
+                 controls: Controls | None = None):
         performance = performance if performance is not None else Performance()
         self.clip = clip
-        self.performer = Performer(clip.au_exp, clip.has_au, performance, seed, pauses)
+        self.controls = controls if controls is not None else Controls()
+        self.performer = Performer(clip.au_exp, clip.has_au, performance, seed, pauses, self.controls.expression_intensity)
         self.poses = PoseTrack([f.camera for f in clip.frames], performance.pose or "pingpong")
         self.held = [EXPRESSION_AUS.index(a) for a in SLOW_AUS]
         self._silence_item = None
@@ -124,7 +136,9 @@ class Director:
         return Plan(cameras, [self.clip.frames[p].index for p in pos], au, frames.tolist())
 
     def quiet_items(self, items: torch.Tensor, silent: np.ndarray | None, extractor: str) -> torch.Tensor:
-        """Audio items [T,C,W] of ``extractor`` blended toward its silence item over pauses (``silent`` [>= T])."""
+        """Audio items [T,C,W] of ``extractor`` smoothed by the delivery controls (:mod:`instag.infer.delivery`) and
+        blended toward its silence item over pauses (``silent`` [>= T])."""
+        items = smooth_items(items, self.controls.smoothing)
         if silent is None:
             return items
         weights = self.performer.item_weights(np.asarray(silent[: items.shape[0]], bool))
@@ -208,9 +222,10 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def render_frames(model, plan: Plan, items: torch.Tensor, backgrounds: Backgrounds, dilate: bool = False,
                   batch: int = 8, start: int = 0, stop: int | None = None,
-                  lip_gap: list[float] | None = None) -> Iterator[np.ndarray]:
+                  lip_gap: list[float] | None = None, mouth=None) -> Iterator[np.ndarray]:
     """Frames ``start..stop-1`` of ``plan`` as uint8 [H,W,3] RGB; ``items`` [T,C,W] audio items. ``lip_gap``: a list
-    that receives each frame's predicted lip opening (the model's FM-hook gap) as the frames are rendered."""
+    that receives each frame's predicted lip opening (the model's FM-hook gap) as the frames are rendered.
+    ``mouth``: a :class:`instag.infer.delivery.MouthScaler` applied to each frame's audio window (None: as is)."""
     import torch
 
     from instag.audio.windows import frame_windows
@@ -224,7 +239,8 @@ def render_frames(model, plan: Plan, items: torch.Tensor, backgrounds: Backgroun
         e = min(stop, s + batch)
         backgrounds.prefetch(plan.background_index[e : e + 2 * batch])
         idx = torch.tensor(plan.audio_index[s:e], device=dev)
-        out = model.render_frames(plan.cameras[s:e], frame_windows(items, idx), au[s:e],
+        windows = frame_windows(items, idx)
+        out = model.render_frames(plan.cameras[s:e], windows if mouth is None else mouth(windows), au[s:e],
                                   backgrounds.batch(plan.background_index[s:e], dev), dilate=dilate)
         if lip_gap is not None:
             lip_gap.extend(out["lip_gap"].tolist())
@@ -333,6 +349,7 @@ def write_outputs(frames: Iterator[np.ndarray], out_mp4: Path, wav: Path | None,
 def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     """Run synthesis for ``cfg``; returns paths, frame count and timings."""
     from instag.data.dataset import load_clip
+    from instag.infer.delivery import mouth_scaler, resolve, settings_entry
     from instag.infer.features import audio_items
     from instag.infer.sessionlog import SessionRecorder, write_session
     from instag.io.encode import check_video_output
@@ -356,7 +373,9 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
         raise InstagError(f"{cfg.audio} is too short to drive a single frame")
     clip = load_clip(layout.root, "train", extractor)
     pauses = cfg.pauses if cfg.pauses is not None else performance.pauses is not False
-    director = Director(clip, performance, cfg.seed, pauses)
+    arm, controls = resolve(cfg.model_path, cfg.delivery, Controls(cfg.mouth_scale, cfg.smoothing, cfg.expression_intensity), log)
+    director = Director(clip, performance, cfg.seed, pauses, controls)
+    mouth = mouth_scaler(model, clip, controls)
     silent = pause_flags(info, num_frames) if pauses else None
     if pauses and silent is None:
         log(f"instag synthesize: no sound beside {cfg.audio}: pauses are not handled (give the wav)")
@@ -375,7 +394,7 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     lip_gap: list[float] = []
 
     def frames() -> Iterator[np.ndarray]:
-        it = render_frames(model, plan, items, backgrounds, cfg.dilate, cfg.batch, lip_gap=lip_gap)
+        it = render_frames(model, plan, items, backgrounds, cfg.dilate, cfg.batch, lip_gap=lip_gap, mouth=mouth)
         k = 0
         while True:
             t = time.perf_counter()
@@ -405,6 +424,7 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
         f"{'' if stats['muxed'] else ', no audio: ffmpeg unavailable or no wav'}); rendering {result['render_fps']:.1f} FPS, "
         f"end to end {total:.2f} s (features {t_features:.2f}, render {render_time[0]:.2f}, "
         f"encode {result['time_encode']:.2f}, mux {stats['mux']:.2f})")
+    session.settings["delivery"] = settings_entry(arm, controls, mouth)
     write_session(session, info.get("samples"), info.get("wav"), plan, lip_gap)
     return result
 

@@ -46,6 +46,7 @@ import numpy as np
 from instag.config import parse
 from instag.data.format import AUDIO_SAMPLE_RATE, FPS, DatasetLayout
 from instag.errors import InstagError
+from instag.infer.delivery import DELIVERY_MODES, Controls
 
 PAGE = Path(__file__).with_name("page.html")
 AHEAD_S = 1.0  # an uploaded answer is rendered at most this far ahead of real time
@@ -72,6 +73,10 @@ class ServeConfig:
     batch: int = field(default=4, metadata={"help": "largest number of frames rendered at once"})
     jpeg_quality: int = field(default=85, metadata={"help": "JPEG quality of the frames sent (1-100)"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
+    delivery: str | None = field(default=None, metadata={
+        "help": "auto: each answer takes the delivery policy's controls (logs/delivery.json) and its log records the arm, "
+                "so that thumbs given on the page update the policy; off (default): plain delivery",
+        "choices": DELIVERY_MODES})
 
 
 @dataclass
@@ -103,12 +108,12 @@ class Avatar:
         self.uploads: OrderedDict[str, Upload] = OrderedDict()
         self.answers: OrderedDict[str, str] = OrderedDict()  # answer id -> kind of speech (upload / microphone)
 
-    def synthesizer(self):
+    def synthesizer(self, controls: Controls | None = None):
         from instag.infer.stream import StreamSynthesizer
 
         cfg = self.cfg
         synth = StreamSynthesizer(self.model, self.clip, dilate=cfg.dilate, batch=cfg.batch,
-                                  lookahead_ms=None if cfg.lookahead_ms < 0 else cfg.lookahead_ms)
+                                  lookahead_ms=None if cfg.lookahead_ms < 0 else cfg.lookahead_ms, controls=controls)
         if self.whisper is not None:
             from instag.infer.features import WhisperFeatureBuilder
 
@@ -184,17 +189,20 @@ class Answer:
     """One answer on one WebSocket: speech pushed in chunks, frames sent as they are rendered, then the log."""
 
     def __init__(self, avatar: Avatar, ws, kind: str, name: str, language: str | None, total_frames: int | None):
+        from instag.infer.delivery import resolve, settings_entry
         from instag.infer.sessionlog import SessionRecorder, new_id
 
         self.avatar = avatar
         self.ws = ws
         self.id = new_id()
         self.kind = kind
-        self.synth = avatar.synthesizer()
         cfg = avatar.cfg
+        arm, controls = resolve(cfg.model_path, cfg.delivery, Controls(), log=lambda *_: None)
+        self.synth = avatar.synthesizer(controls)
         self.session = SessionRecorder(cfg.model_path, "serve", audio_name=name, language=language, session_id=self.id,
                                        settings={"speech": kind, "chunk_ms": cfg.chunk_ms, "lookahead_ms": cfg.lookahead_ms,
-                                                 "dilate": cfg.dilate, "jpeg_quality": cfg.jpeg_quality})
+                                                 "dilate": cfg.dilate, "jpeg_quality": cfg.jpeg_quality,
+                                                 "delivery": settings_entry(arm, controls, None)})
         self.total_frames = total_frames
         self.samples: list[np.ndarray] = []
         self.sent = 0
