@@ -382,18 +382,26 @@ def evaluate_videos(pred: str | Path, gt: str | Path, *, pred_au_csv: str | None
     return result
 
 
+def person_closed_level(layout: DatasetLayout) -> float:
+    """The person's closed-mouth level (:func:`instag.metrics.lips.closed_level`) from every tracked frame of the
+    clip; NaN when the clip has no landmarks."""
+    from instag.io.safe_load import load_npy
+    from instag.metrics.lips import closed_level, mouth_opening
+
+    if not layout.landmarks.exists():
+        return float("nan")
+    return closed_level(mouth_opening(load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)")))
+
+
 def silence_metrics(layout: DatasetLayout, audio: np.ndarray | None, audio_index: list[int],
                     openings: dict[str, np.ndarray]) -> dict:
     """closed_in_silence of each opening series (DESIGN §4): the silent frames of the driving audio (the voice-activity
     rule of :mod:`instag.audio.activity`, measured on the whole clip's audio) whose opening is below the person's
     closed-mouth level (:func:`instag.metrics.lips.closed_level` of the clip's tracked openings, every frame)."""
     from instag.audio.activity import silent_frames
-    from instag.io.safe_load import load_npy
-    from instag.metrics.lips import closed_in_silence, closed_level, mouth_opening
+    from instag.metrics.lips import closed_in_silence
 
-    level = float("nan")
-    if layout.landmarks.exists():
-        level = closed_level(mouth_opening(load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)")))
+    level = person_closed_level(layout)
     if audio is None or not len(audio_index):
         return {"closed_level": level, "silent_frames": 0, "closed_in_silence": {}}
     index = np.asarray(audio_index, np.int64)
@@ -432,7 +440,6 @@ def lip_report(video: str | Path, out_dir: str | Path | None = None, log=print, 
     the video's own openings), a plot ``<video>_mouth.png`` and ``<video>_mouth.json``; refused, writing
     nothing, when no frame shows a face."""
     from instag.audio.activity import silent_frames
-    from instag.io.safe_load import load_npy
     from instag.io.video import iter_frames, probe, read_audio
     from instag.metrics.lips import closed_in_silence, closed_level, mouth_opening
 
@@ -461,9 +468,8 @@ def lip_report(video: str | Path, out_dir: str | Path | None = None, log=print, 
     silent = silent_frames(sound, len(opening))
     level_from = "the video's own openings"
     if source_path is not None and DatasetLayout.of(source_path).landmarks.exists():
-        layout = DatasetLayout.of(source_path)
-        level = closed_level(mouth_opening(load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)")))
-        level_from = f"the tracked openings of {layout.root}"
+        level = person_closed_level(DatasetLayout.of(source_path))
+        level_from = f"the tracked openings of {DatasetLayout.of(source_path).root}"
     else:
         level = closed_level(opening)
     closed = closed_in_silence(opening, silent, level)
