@@ -84,17 +84,19 @@ class ClipData:
 _WHISPER = {}
 
 
-def whisper_states(layout: DatasetLayout, num: int) -> np.ndarray:
-    """Every hidden state of the Whisper encoder for the clip's audio: ``[num, 2, 7, 512]`` (two 50-Hz steps per frame)."""
-    from instag.audio.whisper import WhisperExtractor
+def whisper_states(layout: DatasetLayout, num: int, window: tuple[float, float] | None = None) -> np.ndarray:
+    """Every hidden state of the Whisper encoder for the clip's audio: ``[num, 2, 7, 512]`` (two 50-Hz steps per
+    frame), with the feature definition's window or ``window`` (left, right seconds)."""
+    from instag.audio.whisper import LEFT_SECONDS, RIGHT_SECONDS, WhisperExtractor
     from instag.io.wav import read_wav, to_mono
 
-    if "extractor" not in _WHISPER:
-        _WHISPER["extractor"] = WhisperExtractor(layers=tuple(range(7)))
-    key = (str(layout.root), num)
+    window = window or (LEFT_SECONDS, RIGHT_SECONDS)
+    if window not in _WHISPER:
+        _WHISPER[window] = WhisperExtractor(layers=tuple(range(7)), left=window[0], right=window[1])
+    key = (str(layout.root), num, window)
     if key not in _WHISPER:
         samples, _ = read_wav(layout.audio_wav)
-        pairs = _WHISPER["extractor"].extract(to_mono(samples), num)  # [num, 2, 7 * 512]
+        pairs = _WHISPER[window].extract(to_mono(samples), num)  # [num, 2, 7 * 512]
         _WHISPER[key] = pairs.reshape(num, 2, 7, 512)
     return _WHISPER[key]
 
@@ -102,15 +104,20 @@ def whisper_states(layout: DatasetLayout, num: int) -> np.ndarray:
 def feature_items(layout: DatasetLayout, features: str, num: int) -> np.ndarray:
     """Network-layout items ``[num, C, W]`` for a feature spec: an extractor's file (``mel``, ``hubert``, ...),
     ``whisper:L`` (layer L; ``whisper:2+3`` layers side by side; ``whisper:mean2-4`` their average), or
-    ``whisper:L+mel`` (layer L at the mel's 16 taps of 50-Hz steps, beside the mel bands)."""
+    ``whisper:L+mel`` (layer L at the mel's 16 taps of 50-Hz steps, beside the mel bands); ``@LEFT-RIGHT`` after
+    the spec (``whisper:3@0.8-0.2``) sets the frame's window in seconds (default: the feature definition's)."""
     from instag.audio.windows import load_features
 
     if not features.startswith("whisper:"):
         return load_features(layout.audio_features(features), features, num)
     spec = features.split(":", 1)[1]
+    window = None
+    if "@" in spec:
+        spec, win = spec.split("@", 1)
+        window = tuple(float(v) for v in win.split("-"))
     with_mel = spec.endswith("+mel")
     spec = spec.removesuffix("+mel")
-    states = whisper_states(layout, num)
+    states = whisper_states(layout, num, window)
     if spec.startswith("mean"):
         lo, hi = (int(v) for v in spec[4:].split("-"))
         chosen = states[:, :, lo : hi + 1].mean(axis=2)

@@ -71,11 +71,11 @@ def _realtime(synth, samples, chunk: int) -> dict:
 
 
 def _offline(synth, samples, batch: int) -> list:
-    """Offline synthesis frames of ``samples`` with the stream's level reference."""
-    from instag.infer.features import mel_items
+    """Offline synthesis frames of ``samples`` with the stream's level reference (mel) or features (any extractor)."""
+    from instag.infer.features import items_from_samples
     from instag.infer.synthesize import Backgrounds, pingpong_plan, render_frames
 
-    items, _ = mel_items(samples, synth.reference_db)
+    items, _ = items_from_samples(samples, synth.model.audio_extractor, synth.reference_db)
     cam = synth.clip.frames[0].camera
     plan = pingpong_plan(synth.clip, items.shape[0], seed=synth.seed)
     return list(render_frames(synth.model, plan, items, Backgrounds(synth.clip.layout, (cam.height, cam.width)), batch=batch))

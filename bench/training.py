@@ -8,7 +8,8 @@ around the stage's loop); the metrics from ``test/ours_None/metrics.json`` that 
 (PSNR, SSIM, mouth LMD, mouth-opening correlation, mouth_amp and closed_in_silence (the ground truth's own
 closed_in_silence beside them), for the model and for the same model driven by the clip's
 quietest audio frame), and, when ``instag evaluate --split train --N_views N`` was run too, the same figures on
-the frames the model was trained on (``train/ours_None/metrics.json``: does the model fit the mouth at all?). Nothing is re-measured here: the table gathers what the real commands recorded, so it
+the frames the model was trained on (``train/ours_None/metrics.json``: does the model fit the mouth at all?), and
+the user's path rows of ``instag evaluate --new_audio`` (``test/ours_None/new_audio.json``) when present. Nothing is re-measured here: the table gathers what the real commands recorded, so it
 can be rebuilt on a machine without a GPU from results fetched from one.
 """
 
@@ -52,6 +53,9 @@ def run_row(label: str, model_dir: Path) -> dict:
             for k in METRICS:
                 row[f"{who}_{k}"] = (m.get(who) or {}).get(k)
         row["truth_closed_in_silence"] = (m.get("ground_truth") or {}).get("closed_in_silence")
+    new_audio = model_dir / "test" / "ours_None" / "new_audio.json"
+    if new_audio.exists():
+        row["new_audio"] = {name: {k: v for k, v in r.items()} for name, r in _read(new_audio).get("rows", {}).items()}
     fitted = model_dir / "train" / "ours_None" / "metrics.json"
     if fitted.exists():
         m = _read(fitted).get("ours", {})
@@ -89,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         print(table(rows, ["run", "frames", "face_s", "mouth_s", "fuse_s", "adapt_s"]))
         print()
         print(table(rows, ["run"] + [f"{w}_{k}" for w in ("ours", "static") for k in METRICS] + ["truth_closed_in_silence"]))
+        user = [{"run": r["run"], "row": name, **vals} for r in rows for name, vals in r.get("new_audio", {}).items()]
+        if user:
+            print()
+            print("the user's path (instag evaluate --new_audio):")
+            print(table(user, ["run", "row", "mouth_corr", "mouth_amp", "lmd", "closed_in_pauses",
+                               "closed_in_digital_silence", "mean_opening"]))
         if any("train_psnr" in r for r in rows):
             print()
             print(table([r for r in rows if "train_psnr" in r], ["run"] + [f"train_{k}" for k in METRICS]))

@@ -7,7 +7,8 @@ through ``instag synthesize``'s path; the rendered mp4 then goes through ``insta
 (:func:`instag.metrics.evaluate.lip_report`): the mouth opening of every frame against the loudness of the
 speech (Pearson, best lag within +-5 frames), and closed_in_silence, the share of the speech's silent frames
 (:mod:`instag.audio.activity`) in which the mouth is below the person's closed-mouth level (from the clip's
-landmarks). Defaults: the shared English, German and Mandarin wavs. ``--pauses`` sets synthesis's pause
+landmarks), and the spread of the opening (its standard deviation) over the person's own on the clip's training
+frames (``spread_vs_own``, bar 0.7-1.3). Defaults: the shared English, German and Mandarin wavs. ``--pauses`` sets synthesis's pause
 handling (default: synthesis's own), to show what it does. Needs a GPU for real models; prints a table and
 writes JSON.
 """
@@ -30,6 +31,25 @@ SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "audio"
 DEFAULT_AUDIO = [SPEECH / n for n in ("synctalk_test_en.wav", "sadtalker_deyu_de.wav", "sadtalker_chinese_news_zh.wav")]
 
 
+def person_spread(source: str) -> float:
+    """Standard deviation of the person's own mouth opening over the clip's training frames (DESIGN §4's reference
+    for the spread of a synthesized mouth)."""
+    import json
+
+    import numpy as np
+
+    from instag.data.format import DatasetLayout
+    from instag.io.safe_load import load_npy
+    from instag.metrics.lips import mouth_opening
+
+    layout = DatasetLayout.of(source)
+    lms = load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)")
+    opening = np.asarray(mouth_opening(lms), np.float64)
+    frames = json.loads(layout.transforms("train").read_text())["frames"]
+    ids = [int(f["img_id"]) for f in frames if int(f["img_id"]) < len(opening)]
+    return float(np.nanstd(opening[ids]))
+
+
 def main(argv: list[str] | None = None) -> int:
     from instag.infer.synthesize import SynthesizeConfig, synthesize
     from instag.metrics.evaluate import lip_report
@@ -47,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             if "=" not in run:
                 raise InstagError(f"{run!r}: give each run as data/<ID>=output/<ID>")
             source, model = run.split("=", 1)
+            own = person_spread(source)
             for wav in args.audio:
                 out = Path(model) / "inference" / "unheard" / f"{Path(wav).stem}.mp4"
                 cfg = SynthesizeConfig(source_path=source, model_path=model, audio=wav, output=str(out), dilate=True,
@@ -60,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                              "opening_loudness_corr": report["opening_loudness_corr"],
                              "lag": report["opening_loudness_lag_frames"], "closed_in_silence": report["closed_in_silence"],
                              "silent_frames": report["silent_frames"], "opening_std": report["mouth_opening_std"],
+                             "spread_vs_own": report["mouth_opening_std"] / own if own > 0 else float("nan"),
                              "synth_s": seconds})
                 print(f"{rows[-1]['model']} / {rows[-1]['audio']}: corr {report['opening_loudness_corr']:.2f}, closed in "
                       f"silence {report['closed_in_silence']:.2f}", flush=True)
@@ -67,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/unheard_speech.py: {err}", file=sys.stderr)
         return 1
     print(table(rows, ["model", "audio", "frames", "opening_loudness_corr", "lag", "closed_in_silence", "silent_frames",
-                       "opening_std", "synth_s"]))
+                       "opening_std", "spread_vs_own", "synth_s"]))
     write_json(Path(args.out), {"device": device_name(), "pauses": args.pauses, "rows": rows})
     print(f"wrote {args.out}")
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from instag.audio.activity import SILENCE_SPAN, level_db, silent_frames
+from instag.audio.activity import SILENCE_SPAN, frame_levels_db, level_db, silent_frames
 from instag.metrics.lips import closed_in_silence, closed_level, mouth_amp
 
 SR, PER_FRAME = 16000, 640
@@ -31,11 +31,35 @@ def test_silent_frames_find_the_pauses_and_not_the_speech():
     pause = np.zeros_like(talking)
     pause[20 + SILENCE_SPAN + 1 : 35 - SILENCE_SPAN - 1] = True  # well inside the first pause
     assert silent[pause].all()
-    # relative to the clip: the same audio 40 dB quieter has the same pauses
-    np.testing.assert_array_equal(silent_frames(samples * 0.01, len(talking)), silent)
+    # relative to the speech around each frame: the same audio 20 dB quieter has the same pauses
+    np.testing.assert_array_equal(silent_frames(samples * 0.1, len(talking)), silent)
     assert silent_frames(np.zeros(SR, np.float32), 25).all()
-    levels = level_db(samples, len(talking))
-    assert levels.max() == pytest.approx(0.0, abs=1.0) and levels[pause].max() < -30
+    hiss = np.random.default_rng(1).standard_normal(3 * SR) * 10 ** (-60 / 20)  # a -60 dBFS noise floor
+    assert silent_frames(hiss, 75).all()
+    levels = frame_levels_db(samples, 0, len(talking))  # dB re a full-scale sine: 0.3 of full scale, modulated
+    assert -17 < levels.max() < -10 and levels[pause].max() < -60
+    relative = level_db(samples, len(talking))
+    assert relative.max() == pytest.approx(0.0, abs=1.0) and relative[pause].max() < -30
+
+
+def test_silent_frames_are_local():
+    """A frame's decision depends on the audio from 2 s before it to its look-ahead only: a cut of the recording,
+    the cut padded with digital silence and the whole recording agree."""
+    from instag.audio.activity import LEVEL_HISTORY, LOOKAHEAD_FRAMES, SilenceTracker
+
+    rng = np.random.default_rng(4)
+    samples = np.concatenate([_speech_with_pauses(rng)[0] for _ in range(4)])
+    whole = silent_frames(samples, 300)
+    cut = samples[100 * PER_FRAME : 250 * PER_FRAME]
+    keep = slice(LEVEL_HISTORY, 150 - LOOKAHEAD_FRAMES - SILENCE_SPAN)
+    np.testing.assert_array_equal(silent_frames(cut, 150)[keep], whole[100:250][keep])
+    padded = np.concatenate([np.zeros(SR), cut, np.zeros(SR)])
+    np.testing.assert_array_equal(silent_frames(padded, 200)[25:175][keep], whole[100:250][keep])
+    np.testing.assert_array_equal(silent_frames(samples, 40, start=130), whole[130:170])
+    tracker = SilenceTracker()
+    tracker.push(samples[: 200 * PER_FRAME])
+    decided = tracker.decided(300)
+    assert decided[: 200 - LOOKAHEAD_FRAMES - 1].tolist() == whole[: 200 - LOOKAHEAD_FRAMES - 1].tolist()
 
 
 def test_mouth_amp_sees_a_muted_mouth_with_the_right_timing():

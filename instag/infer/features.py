@@ -8,10 +8,9 @@ once or in 200-ms chunks, and a block is final as soon as its slice has arrived.
 equal :func:`instag.audio.mel.log_mel_windows` (up to float rounding) for the same level
 reference; streaming fixes the reference from its first audio, offline takes the whole clip's.
 
-For ``whisper``, :class:`WhisperFeatureBuilder` encodes a bounded left context (the last 30 s of audio, the
-encoder's window) each time audio arrives; a frame's items are fixed once the audio up to the end of the next
-frame has arrived, so they see less right context than offline (the streaming benchmark reports how far they
-are from the offline ones). Other extractors run over the whole clip (:func:`instag.audio.registry.get_extractor`).
+For ``whisper``, :class:`WhisperFeatureBuilder` computes each frame from its own fixed window of audio as soon as
+that window has arrived, with the function offline extraction uses, so streamed and offline items are the same
+numbers. Other extractors run over the whole clip (:func:`instag.audio.registry.get_extractor`).
 """
 
 from __future__ import annotations
@@ -143,13 +142,11 @@ class MelFeatureBuilder(AudioStream):
 class WhisperFeatureBuilder(AudioStream):
     """Incremental per-frame whisper items ``[T, C, 2]`` (network layout), the :class:`MelFeatureBuilder` interface.
 
-    Each computation encodes one window: the last 30 s of the audio received (from the start while shorter),
-    padded with silence as the encoder expects. Frame ``j``'s items become final once ``RIGHT_FRAMES`` frames
-    of audio after it have arrived; until then (and with ``provisional``) they are computed as if the audio
-    ended now. The log-mel floor follows the loudest bin heard so far.
+    A whisper frame's features depend only on the audio of its own window (:mod:`instag.audio.whisper`), so frame
+    ``j`` is computed once the audio up to ``extractor.samples_needed(j)`` has arrived, by the same function offline
+    extraction uses: streamed items are the offline items. Frames not final yet are computed as if the audio ended
+    now (zeros after it), and recomputed once it has arrived.
     """
-
-    RIGHT_FRAMES = 1
 
     def __init__(self, extractor=None):
         from instag.audio.registry import get_extractor
@@ -157,48 +154,30 @@ class WhisperFeatureBuilder(AudioStream):
         super().__init__()
         self.extractor = extractor if extractor is not None else get_extractor("whisper")
         self.reference_db = None  # the mel level reference of MelFeatureBuilder: none here
-        self._ceiling: float | None = None
-        self._final: list[np.ndarray] = []  # per frame [2, C]
+        self._final = np.zeros((0, 2, self.extractor.item_shape[0]), np.float32)  # per frame [2, C]
+        self._ready = 0
 
     def total_frames(self) -> int | None:
-        return max(1, self.samples.shape[0] // SAMPLES_PER_FRAME) if self.finished else None
+        return self.extractor.num_frames(self.samples.shape[0]) if self.finished else None
 
     def ready_frames(self) -> int:
         if self.finished:
             return self.total_frames()
-        return max(0, self.samples.shape[0] // SAMPLES_PER_FRAME - self.RIGHT_FRAMES)
-
-    def _encode_tail(self, first: int, upto: int) -> np.ndarray:
-        """States of frames ``first .. upto-1`` ([n, 2, C]) from the window that ends at the audio received."""
-        from instag.audio.whisper import WINDOW_SECONDS
-
-        per_window = WINDOW_SECONDS * melmod.SAMPLE_RATE
-        start = max(0, self.samples.shape[0] - per_window)
-        start -= start % SAMPLES_PER_FRAME  # whole frames, so frame boundaries fall on encoder steps
-        start = min(start, first * SAMPLES_PER_FRAME)
-        piece = self.samples[start:]
-        _, ceiling = self.extractor.log_mel(piece)
-        self._ceiling = ceiling if self._ceiling is None else max(self._ceiling, ceiling)
-        states = self.extractor.hidden_states(piece, self._ceiling)
-        frames = states[: states.shape[0] // 2 * 2].reshape(-1, 2, states.shape[1])
-        offset = start // SAMPLES_PER_FRAME
-        out = np.zeros((upto - first, 2, states.shape[1]), np.float32)
-        have = frames[first - offset : upto - offset]
-        out[: len(have)] = have
-        if len(have) < len(out) and len(have):  # past the audio: repeat the last frame, as fit_length does
-            out[len(have) :] = have[-1]
-        return out
+        while self.extractor.samples_needed(self._ready) <= self.samples.shape[0]:
+            self._ready += 1
+        return self._ready
 
     def items(self, upto: int, provisional: bool = False) -> torch.Tensor:
         """Network-layout items ``[upto, C, 2]`` of frames ``0 .. upto-1``. Frames not final yet are always computed
         as if the audio ended now, so ``provisional`` (the :class:`MelFeatureBuilder` interface) changes nothing."""
-        ready = self.ready_frames()
-        if len(self._final) < min(ready, upto):
-            self._final.extend(self._encode_tail(len(self._final), ready))
+        final = min(self.ready_frames(), upto)
+        have = self._final.shape[0]
+        if final > have:
+            self._final = np.concatenate([self._final, self.extractor.frames(self.samples, have, final)])
         rows = self._final[:upto]
-        if len(rows) < upto:
-            rows = rows + list(self._encode_tail(len(rows), upto))
-        return torch.from_numpy(np.ascontiguousarray(np.stack(rows).transpose(0, 2, 1)))
+        if rows.shape[0] < upto:
+            rows = np.concatenate([rows, self.extractor.frames(self.samples, rows.shape[0], upto)])
+        return torch.from_numpy(np.ascontiguousarray(rows.transpose(0, 2, 1)))
 
 
 def mel_items(samples: np.ndarray, reference_db: float | None = None) -> tuple[torch.Tensor, float]:
@@ -229,7 +208,6 @@ def _wav_beside(features: Path) -> Path | None:
 def audio_items(audio: str | Path, extractor: str, reference_db: float | None = None) -> tuple[torch.Tensor, dict]:
     """Per-frame network items [T, C, W] for a wav (extracted now) or a feature .npy (loaded),
     and facts about them (``wav``: the path of the sound to mux, or None; ``reference_db``)."""
-    from instag.audio.registry import get_extractor
     from instag.audio.windows import load_features
     from instag.io.wav import load_audio_16k_mono
 
@@ -242,12 +220,24 @@ def audio_items(audio: str | Path, extractor: str, reference_db: float | None = 
     samples = load_audio_16k_mono(path)
     if samples.size == 0:
         raise InstagError(f"{path} holds no audio samples")
+    feats, ref = items_from_samples(samples, extractor, reference_db)
+    return feats, {"wav": path, "reference_db": ref, "samples": samples}
+
+
+_EXTRACTORS: dict[str, object] = {}  # one per name and process: the whisper encoder loads once
+
+
+def items_from_samples(samples: np.ndarray, extractor: str, reference_db: float | None = None) -> tuple[torch.Tensor, float | None]:
+    """Per-frame network items ``[T, C, W]`` of 16 kHz mono samples, as synthesis computes them, and the mel level
+    reference used (None for other extractors)."""
+    from instag.audio.registry import get_extractor
+
     if extractor == "mel":
-        feats, ref = mel_items(samples, reference_db)
-        return feats, {"wav": path, "reference_db": ref, "samples": samples}
-    raw = get_extractor(extractor).extract(samples, None)  # upstream file layout [T, W, C]
-    feats = torch.from_numpy(np.ascontiguousarray(np.asarray(raw, np.float32).transpose(0, 2, 1)))
-    return feats, {"wav": path, "reference_db": None, "samples": samples}
+        return mel_items(samples, reference_db)
+    if extractor not in _EXTRACTORS:
+        _EXTRACTORS[extractor] = get_extractor(extractor)
+    raw = _EXTRACTORS[extractor].extract(samples, None)  # upstream file layout [T, W, C]
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(raw, np.float32).transpose(0, 2, 1))), None
 
 
 def silence_items(num_frames: int, extractor: str, num_items: int | None = None) -> torch.Tensor:

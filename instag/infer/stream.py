@@ -1,8 +1,9 @@
 """Chunked real-time synthesis: audio arrives in pieces, frames leave as soon as they are determined.
 
-Frame ``i`` sees the audio items ``i-4 .. i+3`` (METHOD §1.7), and item ``j`` the mel rows of
-``j·40 ms − 160 ms .. j·40 ms + 140 ms`` (plus half an STFT window), so frame ``i`` is
-final once ``i·40 ms + 292 ms`` of audio have arrived: that is the look-ahead. Features are
+Frame ``i`` sees the audio items ``i-4 .. i+3`` (METHOD §1.7). A ``mel`` item ``j`` holds the mel rows of
+``j·40 ms − 160 ms .. j·40 ms + 140 ms`` (plus half an STFT window), so frame ``i`` is final once ``i·40 ms + 292 ms``
+of audio have arrived; a ``whisper`` item ``j`` depends on the audio up to ``j·40 ms + 200 ms`` (its window's right
+side, :mod:`instag.audio.whisper`), so frame ``i`` is final after ``i·40 ms + 323 ms``: that is the look-ahead. Features are
 built block by block (:class:`instag.infer.features.MelFeatureBuilder`), poses, backgrounds and
 AUs follow the same ping-pong plan as offline synthesis, and frames are rendered through the
 same :func:`instag.infer.synthesize.render_frames`, so for the same audio and level reference
@@ -22,9 +23,8 @@ A performance (:mod:`instag.infer.performance`: ``--performance``, ``--expressio
 (:meth:`StreamSynthesizer.add_event`; ``--stdin_events``: one JSON event a line on stdin, e.g.
 ``{"expression": "happy", "intensity": 0.8, "duration": 3}``): an event without a time starts at the next
 frame to be made, one whose start has passed starts there too, and frames already made never change. Pauses
-are decided frame by frame (:class:`instag.audio.activity.SilenceTracker`: the loud-speech level is that of
-the audio heard so far), so in pauses a stream may differ from offline synthesis (``pauses=False`` keeps them
-identical).
+are decided frame by frame (:class:`instag.audio.activity.SilenceTracker`), by the same local rule as offline
+synthesis, so pauses do not make a stream differ from it.
 
 API::
 
@@ -178,7 +178,7 @@ class StreamConfig:
     dilate: bool = field(default=False, metadata={"help": "dilate the mouth alpha 13x13 before compositing"})
     reference_db: float | None = field(default=None, metadata={"help": "mel level reference in dB (default: measured on the first audio)"})
     lookahead_ms: float | None = field(default=None, metadata={
-        "help": "emit frame i after i*40 ms + this much audio, unheard audio as silence (default: 292 ms, frames identical to offline)"})
+        "help": "emit frame i after i*40 ms + this much audio, unheard audio as silence (default: the features' whole look-ahead, 292 ms for mel and 323 ms for whisper: frames identical to offline)"})
     seed: int = field(default=0, metadata={"help": "seed of the blink timing"})
     batch: int = field(default=8, metadata={"help": "largest number of frames rendered at once"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})

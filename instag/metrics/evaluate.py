@@ -61,6 +61,10 @@ class EvaluateConfig:
     batch: int = field(default=8, metadata={"help": "frames rendered per batch"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    new_audio: bool = field(default=False, metadata={
+        "help": "with -S/-M: also score lip sync on the user's path (the validation speech cut from the wav, padded "
+                "with 1 s of digital silence, through synthesis' feature extraction) and with changed voices; writes "
+                "new_audio.json in the report folder"})
 
 
 class _Detector:
@@ -508,8 +512,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (cfg.source_path and cfg.model_path):
         raise InstagError("give -S data/<ID> -M output/<ID> (a trained model), or --pred a.mp4 --gt b.mp4")
-    evaluate_model(cfg.source_path, cfg.model_path, dilate=cfg.dilate, static=not cfg.no_static, batch=cfg.batch,
-                   device=cfg.device, out_dir=cfg.out, split=cfg.split, n_views=cfg.N_views, progress=not cfg.quiet)
+    result = evaluate_model(cfg.source_path, cfg.model_path, dilate=cfg.dilate, static=not cfg.no_static,
+                            batch=cfg.batch, device=cfg.device, out_dir=cfg.out, split=cfg.split, n_views=cfg.N_views,
+                            progress=not cfg.quiet)
+    if cfg.new_audio:
+        from instag.metrics.new_audio import evaluate_new_audio, format_rows
+
+        if cfg.split != "val":
+            raise InstagError("--new_audio scores the validation split; leave out --split train")
+        rows = evaluate_new_audio(cfg.source_path, cfg.model_path, dilate=cfg.dilate, batch=cfg.batch,
+                                  device=cfg.device, progress=not cfg.quiet)
+        path = Path(result["paths"]["metrics"]).with_name("new_audio.json")
+        write_metrics(path, rows)
+        print(f"instag evaluate: the user's path (new audio) on {rows['frames']} validation frames\n{format_rows(rows)}\n"
+              f"  wrote {path}")
     return 0
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from instag.audio.registry import check_feature_meta, feature_definition
 from instag.errors import InstagError
 from instag.model.gaussians import GaussianCloud
 from instag.model.motion import (
@@ -263,6 +264,7 @@ class TalkingHead(nn.Module):
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "audio_extractor": self.audio_extractor,
+            "audio_features": feature_definition(self.audio_extractor),
             "item_shape": list(self.item_shape),
             "share_audio": self.share_audio,
             "sh_degree": self.face.max_sh_degree,
@@ -334,6 +336,8 @@ class TalkingHead(nn.Module):
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise InstagError(f"{path}: {key} holds {bad} NaN or infinite values of {tensor.numel()}; the checkpoint "
                                   f"is damaged or its training diverged; {hint}")
+        check_feature_meta(meta, meta_path, "re-run pre-training (bash scripts/pretrain_con.sh data/pretrain "
+                                            f"output/pretrain_model 0) and adaptation (instag adapt -S data/<ID> -M {model_dir})")
         if source is not None:
             check_source_clip(meta_path, meta, source)
         try:

@@ -174,8 +174,8 @@ def _landmarks(ctx: Context) -> dict:
 
 
 def _audio_features(ctx: Context) -> dict:
-    from instag.audio.registry import get_extractor
-    from instag.io.atomic import save_npy
+    from instag.audio.registry import feature_definition, get_extractor
+    from instag.audio.windows import save_features
     from instag.io.wav import read_wav, to_mono, write_wav
     from instag.preprocess import av_sync
 
@@ -206,8 +206,9 @@ def _audio_features(ctx: Context) -> dict:
         ctx.log(f"clip too short ({len(opening)} frames) for the audio-video offset check; skipped")
     extractor = get_extractor(ctx.cfg.audio_extractor)
     feats = extractor.extract(samples, ctx.num_frames)
-    save_npy(ctx.layout.root / extractor.file_name, feats)
-    record.update({"extractor": extractor.name, "file": extractor.file_name, "shape": list(feats.shape)})
+    save_features(ctx.layout.root / extractor.file_name, feats, extractor.name)
+    record.update({"extractor": extractor.name, "file": extractor.file_name, "shape": list(feats.shape),
+                   "definition": feature_definition(extractor.name)})
     return record
 
 
@@ -344,7 +345,11 @@ def _done(step: Step, ctx: Context) -> bool:
     n = int(ctx.meta.get("num_frames", 0))
     outputs = step.outputs(ctx.layout, n)
     if step.name == "audio_features":
-        outputs = [ctx.layout.root / record.get("file", "")] if record.get("extractor") == ctx.cfg.audio_extractor else []
+        from instag.audio.registry import feature_definition
+
+        same = (record.get("extractor") == ctx.cfg.audio_extractor
+                and record.get("definition") == feature_definition(ctx.cfg.audio_extractor))
+        outputs = [ctx.layout.root / record.get("file", "")] if same else []
         if not outputs:
             return False
     return all(p.exists() or (p.suffix == ".png" and maps.find(p) is not None) for p in outputs)  # older clips' maps: .npy
@@ -441,7 +446,7 @@ def _remove_old_video_outputs(layout: DatasetLayout, old_meta: dict) -> int:
         doomed.append(layout.au_csv)
     feature_file = steps.get("audio_features", {}).get("file")
     if feature_file in AUDIO_FEATURE_FILES.values():
-        doomed.append(layout.root / feature_file)
+        doomed += [layout.root / feature_file, (layout.root / feature_file).with_suffix(".json")]
     for folder in (layout.ori_dir, layout.parsing_dir, layout.gt_dir, layout.torso_dir, layout.teeth_dir,
                    layout.depth_dir, layout.normal_dir, layout.debug_dir):
         if folder.is_dir():

@@ -169,9 +169,11 @@ def _adapt(cfg: AdaptConfig, log) -> int:
 
 def _checkpoint_meta(cfg: AdaptConfig, extractor: str, item_shape: tuple) -> dict:
     """What every checkpoint of the run records about it."""
+    from instag.audio.registry import feature_definition
     from instag.model.talking_head import source_clip
 
-    return {"audio_extractor": extractor, "item_shape": list(item_shape), "source_path": str(cfg.source_path),
+    return {"audio_extractor": extractor, "audio_features": feature_definition(extractor), "item_shape": list(item_shape),
+            "source_path": str(cfg.source_path),
             "source_clip": source_clip(cfg.source_path), "N_views": cfg.N_views, "long": cfg.long, "preset": cfg.preset}
 
 

@@ -133,6 +133,10 @@ def load_universal(pretrain_path: str | Path, field: str, module: nn.Module, ext
     if meta.get("format") != UNIVERSAL_FORMAT:
         raise InstagError(f"{t_path} is not a pre-trained universal field (format {meta.get('format')!r})")
     check_extractor(meta, extractor, t_path)
+    from instag.audio.registry import check_feature_meta
+
+    check_feature_meta(meta, t_path, "re-run pre-training with this version (bash scripts/pretrain_con.sh data/pretrain "
+                                     "output/pretrain_model 0)")
     state = unprefixed(f"{field}_field.", tensors)
     try:
         if hasattr(module, "use_au_dim"):  # a face field pre-trained on the six-AU condition keeps its six

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from instag.audio.registry import EXTRACTORS as AUDIO_EXTRACTORS
+from instag.audio.registry import feature_definition
 from instag.config import parse
 from instag.data.format import DatasetLayout
 from instag.errors import InstagError
@@ -151,8 +152,8 @@ def _pretrain(cfg: PretrainConfig, log, world, device) -> int:
     overrides = {} if cfg.lip_aux < 0 else {"lip_aux": cfg.lip_aux}
     if cfg.lip_motion >= 0:
         overrides["lip_motion"] = cfg.lip_motion
-    meta = {"audio_extractor": cfg.audio_extractor, "item_shape": list(item_shape), "share_audio": cfg.share_audio_net,
-            "preset": cfg.preset}
+    meta = {"audio_extractor": cfg.audio_extractor, "audio_features": feature_definition(cfg.audio_extractor),
+            "item_shape": list(item_shape), "share_audio": cfg.share_audio_net, "preset": cfg.preset}
     gen = torch.Generator().manual_seed(cfg.seed)
     face_field, mouth_field = UniversalFaceField(item_shape), UniversalMouthField(item_shape)
     identities = []

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from instag.audio.registry import feature_definition
 from instag.config import parse
 from instag.data.format import DatasetLayout
 from instag.errors import InstagError
@@ -150,7 +151,8 @@ def continue_adaptation(cfg: RefineConfig, parent_dir: Path, work: Path, device,
     iters = {s: getattr(cfg, "iterations" if s == "face" else f"{s}_iterations") or preset[s] for s in STAGE_ORDER}
     workers = pick_workers(-1, device)
     set_seed(cfg.seed)
-    meta = {"audio_extractor": extractor, "item_shape": list(head.item_shape), "preset": cfg.preset}
+    meta = {"audio_extractor": extractor, "audio_features": feature_definition(extractor), "item_shape": list(head.item_shape),
+            "preset": cfg.preset}
     for k, root in enumerate(cfg.add):
         clip = load_clip(root, "train", extractor, max_side=max_side or None)
         if DatasetLayout.of(root).transforms("val").exists():
