@@ -13,7 +13,7 @@ A ``session`` record holds:
   gap of :meth:`instag.model.talking_head.TalkingHead.render_frames`: how far the model parts the lips, in its own
   units), ``blink`` (AU45), ``au`` (the eye and brow AU intensities that drove the frame), ``pose`` (head yaw,
   pitch, roll in degrees and position x, y, z in head units, in the camera's frame) and ``latency_ms``;
-- ``sync``: ``score`` = the opening–loudness correlation (:func:`instag.metrics.evaluate.lagged_correlation` of
+- ``sync``: ``score`` = the opening–loudness correlation (:func:`instag.metrics.lips.lagged_correlation` of
   the mouth opening with the speech's RMS per frame, best lag within ±5 frames, as ``instag evaluate --pred``
   reports it), ``closed_in_silence`` (:mod:`instag.metrics.lips` over the silent frames of
   :mod:`instag.audio.activity`, the closed level from the session's own openings) and what they were measured on;
@@ -158,8 +158,7 @@ def sync_measures(opening: np.ndarray, samples: np.ndarray | None) -> dict:
     """Opening–loudness correlation (best lag within ±5 frames) and closed_in_silence of an opening series [T]
     driven by ``samples`` (16 kHz); ``score`` is the correlation. Nulls when there is no sound or too few frames."""
     from instag.audio.activity import silent_frames
-    from instag.metrics.evaluate import lagged_correlation, speech_energy
-    from instag.metrics.lips import closed_in_silence, closed_level
+    from instag.metrics.lips import closed_in_silence, closed_level, lagged_correlation, speech_energy
 
     opening = np.asarray(opening, np.float64)
     out = {"score": None, "opening_loudness_corr": None, "lag_frames": None, "closed_in_silence": None,
