@@ -118,7 +118,7 @@ def test_refine_refusals(world, tmp_path):
     empty.mkdir()
     one_line_error(run_cli("refine", "-S", str(world["data"]), "-M", str(empty), "--add", str(world["more"]), *TINY),
                    "chkpnt_fuse_latest.safetensors does not exist", "adapt one first")
-    one_line_error(run_cli("versions", str(empty)), "has no versions yet")
+    one_line_error(run_cli("versions", str(empty)), "chkpnt_fuse_latest.safetensors does not exist", "not a trained model")
     # another validation split than the one the versions were scored on
     other = tmp_path / "other"
     synthetic_dataset(other, size=32, n_train=9, n_val=5, seed=0)
@@ -129,3 +129,14 @@ def test_refine_refusals(world, tmp_path):
         "versions": [{"name": "v1"}]}))
     one_line_error(run_cli("refine", "-S", str(other), "-M", str(tmp_path / "m2"), "--add", str(world["more"]), *TINY),
                    "validation split", "move versions/ away")
+
+
+def test_versions_before_any_refine(tmp_path):
+    """A model that was never refined has no versions: listing them says so and succeeds; a rollback is refused."""
+    model = fused_model(tmp_path / "m")
+    listing = run_cli("versions", str(model))
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.strip() == (f"instag versions: {model} has no versions yet: its own checkpoint is the only one "
+                                      f"(instag refine -S data/<ID> -M {model} --add <more footage> keeps it as v1 and adds v2)")
+    assert not (model / "versions").exists()
+    one_line_error(run_cli("versions", str(model), "--rollback", "v1"), "has no versions yet", "none to roll back to")

@@ -136,6 +136,18 @@ class Performance:
         self.blinks += other.blinks
         self.gestures += other.gestures
 
+    def asked(self) -> dict:
+        """What was asked of the head, with the defaults spelt out, as a session log records it (``settings.performance``)."""
+        return {
+            "expression": [{"name": c.label or "aus", "aus": dict(c.amounts), "intensity": c.intensity, "start": c.start,
+                            "end": c.end} for c in self.expressions],
+            "blink": self.blink or "auto", "blinks_at": [b.at for b in self.blinks],
+            "pose": self.pose or "pingpong",
+            "gestures": [{"gesture": g.kind, "start": g.start, "duration": g.duration, "amplitude": g.amplitude,
+                          "times": g.times} for g in self.gestures],
+            "au_csv": self.au_csv, "pauses": self.pauses is not False,
+        }
+
 
 # ---------------------------------------------------------------------------------------- parsing
 def _number(value, where: str, what: str, lo: float | None = None, hi: float | None = None) -> float:

@@ -299,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         bar.update(1)
 
     session = SessionRecorder(cfg.model_path, "stream", audio_name=Path(cfg.audio).name, settings={
-        "chunk_ms": cfg.chunk_ms, "realtime": cfg.realtime, "lookahead_ms": cfg.lookahead_ms, "dilate": cfg.dilate})
+        "chunk_ms": cfg.chunk_ms, "realtime": cfg.realtime, "lookahead_ms": cfg.lookahead_ms, "dilate": cfg.dilate},
+        source_path=DatasetLayout.of(cfg.source_path).root, output=out, performance=synth.director.performance)
     with staging(out.parent) as tmp:  # the silent video lives there until its sound is muxed in
         silent = tmp / "video.mp4" if ffmpeg_exe() is not None else out
         with bar, VideoWriter(silent, fps=FPS) as writer:

@@ -390,7 +390,8 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     render_time = [0.0]
     bar = tqdm(total=num_frames, desc="synthesize", unit="frame", file=sys.stderr, disable=cfg.quiet)
     session = SessionRecorder(cfg.model_path, "synthesize", audio_name=Path(cfg.audio).name,
-                              settings={"dilate": cfg.dilate, "seed": cfg.seed, "batch": cfg.batch})
+                              settings={"dilate": cfg.dilate, "seed": cfg.seed, "batch": cfg.batch},
+                              source_path=layout.root, output=out, performance=director.performance)
     lip_gap: list[float] = []
 
     def frames() -> Iterator[np.ndarray]:

@@ -202,7 +202,9 @@ class Answer:
         self.session = SessionRecorder(cfg.model_path, "serve", audio_name=name, language=language, session_id=self.id,
                                        settings={"speech": kind, "chunk_ms": cfg.chunk_ms, "lookahead_ms": cfg.lookahead_ms,
                                                  "dilate": cfg.dilate, "jpeg_quality": cfg.jpeg_quality,
-                                                 "delivery": settings_entry(arm, controls, None)})
+                                                 "delivery": settings_entry(arm, controls, None)},
+                                       source_path=DatasetLayout.of(cfg.source_path).root,
+                                       performance=self.synth.director.performance)
         self.total_frames = total_frames
         self.samples: list[np.ndarray] = []
         self.sent = 0

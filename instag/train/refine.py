@@ -62,8 +62,8 @@ class RefineConfig:
 
 # ---------------------------------------------------------------------------------------- scoring
 def logged_sync(model_path: str | Path, version_dir: Path, limit: int, device: str) -> dict:
-    """Mean opening–loudness correlation (and closed_in_silence) of the version's predicted lip opening on the
-    speech of the latest ``limit`` distinct logged sessions."""
+    """Mean gap–loudness correlation (and share of pauses with the gap closed) of the version's predicted lip gap
+    (:func:`instag.infer.sessionlog.sync_measures`) on the speech of the latest ``limit`` distinct logged sessions."""
     import torch
 
     from instag.audio.windows import frame_windows
@@ -74,7 +74,7 @@ def logged_sync(model_path: str | Path, version_dir: Path, limit: int, device: s
 
     audios = logged_audio(model_path, limit) if limit > 0 else []
     if not audios:
-        return {"sync_score": None, "closed_in_silence": None, "speeches": 0}
+        return {"sync_score": None, "lip_gap_closed_in_silence": None, "speeches": 0}
     model = load_model(version_dir, None, device)
     scores, closed = [], []
     for _, wav in audios:
@@ -89,10 +89,10 @@ def logged_sync(model_path: str | Path, version_dir: Path, limit: int, device: s
         sync = sync_measures(torch.cat(gaps).numpy(), load_audio_16k_mono(wav))
         if sync["score"] is not None:
             scores.append(sync["score"])
-        if sync["closed_in_silence"] is not None and math.isfinite(sync["closed_in_silence"]):
-            closed.append(sync["closed_in_silence"])
+        if sync["lip_gap_closed_in_silence"] is not None and math.isfinite(sync["lip_gap_closed_in_silence"]):
+            closed.append(sync["lip_gap_closed_in_silence"])
     return {"sync_score": float(np.mean(scores)) if scores else None,
-            "closed_in_silence": float(np.mean(closed)) if closed else None, "speeches": len(audios)}
+            "lip_gap_closed_in_silence": float(np.mean(closed)) if closed else None, "speeches": len(audios)}
 
 
 def score_version(cfg: RefineConfig, version_dir: Path, device: str, log) -> dict:
