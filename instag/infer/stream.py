@@ -175,7 +175,7 @@ class StreamConfig:
     chunk_ms: int = field(default=200, metadata={"help": "audio chunk length in ms"})
     realtime: bool = field(default=False, metadata={"help": "feed chunks at the speed of speech (else as fast as possible)"})
     output: str | None = field(default=None, metadata={"help": "output mp4 (default output/<ID>/inference/<audio name>_stream.mp4)"})
-    dilate: bool = field(default=False, metadata={"help": "dilate the mouth alpha 13x13 before compositing"})
+    dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha 13x13 before compositing, as upstream's scripts do"})
     reference_db: float | None = field(default=None, metadata={"help": "mel level reference in dB (default: measured on the first audio)"})
     lookahead_ms: float | None = field(default=None, metadata={
         "help": "emit frame i after i*40 ms + this much audio, unheard audio as silence (default: 292 ms, frames identical to offline)"})

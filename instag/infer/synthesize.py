@@ -10,7 +10,7 @@ writes ``output/<ID>/inference/<audio name>.mp4``:
   blinks on request, all in one ``--performance perf.json``; by default the training frames play forward then
   backward (ping-pong) for pose, torso, background and AUs, with generated blinks, and in pauses of the speech
   the mouth closes and the face relaxes (``--pauses false`` turns that off);
-- ``--dilate``: 13×13 dilation of the mouth alpha (METHOD §2.10); ``--full_frame``: paste the
+- ``--dilate`` (on by default; ``--dilate false`` turns it off): 13×13 dilation of the mouth alpha (METHOD §2.10); ``--full_frame``: paste the
   rendered crop back into the source video's framing (``crop.json``); ``--save_frames``: PNGs too.
 
 :func:`render_frames` is the one rendering path: the evaluation split (``instag evaluate``,
@@ -57,7 +57,7 @@ class SynthesizeConfig:
         "help": "extractor of the features (default: the one recorded in the model; a mismatch is refused)",
         "choices": tuple(AUDIO_EXTRACTORS)})
     output: str | None = field(default=None, metadata={"help": "output mp4 (default output/<ID>/inference/<audio name>.mp4)"})
-    dilate: bool = field(default=False, metadata={"help": "dilate the mouth alpha 13x13 before compositing (recommended)"})
+    dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha 13x13 before compositing, as upstream's scripts do"})
     full_frame: bool = field(default=False, metadata={"help": "paste the render back into the source video's framing (crop.json)"})
     save_frames: bool = field(default=False, metadata={"help": "also write every frame as PNG beside the video"})
     performance: str | None = field(default=None, metadata={

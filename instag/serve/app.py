@@ -69,7 +69,7 @@ class ServeConfig:
     chunk_ms: int = field(default=200, metadata={"help": "audio fed to the streaming synthesizer per step, in ms"})
     lookahead_ms: float = field(default=100.0, metadata={
         "help": "emit frame i after i*40 ms + this much audio (-1: 292 ms, the frames of offline synthesis)"})
-    dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha 13x13 before compositing"})
+    dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha 13x13 before compositing, as upstream's scripts do"})
     batch: int = field(default=4, metadata={"help": "largest number of frames rendered at once"})
     jpeg_quality: int = field(default=85, metadata={"help": "JPEG quality of the frames sent (1-100)"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
