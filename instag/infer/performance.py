@@ -340,14 +340,20 @@ def check_pose(value: str, where: str = "--pose") -> str:
 
 
 def performance_from_options(performance: str | None = None, expression: str | None = None, blink: str | None = None,
-                             pose: str | None = None, au_csv: str | None = None) -> Performance:
-    """The performance of a command line: ``--performance`` with the other flags over it."""
+                             pose: str | None = None, au_csv: str | None = None, clip: str | Path | None = None) -> Performance:
+    """The performance of a command line: ``--performance`` with the other flags over it. ``clip``: the processed
+    clip ``-S``, whose own AU csv an error about a missing one names as an example."""
     base = load_performance(performance) if performance else Performance()
     flags = Performance(parse_expression_arg(expression) if expression else [],
                         blink=check_blink(blink, "--blink") if blink is not None else None, pose=pose, au_csv=au_csv)
     perf = flags.over(base)
     if perf.pose is not None:
         check_pose(perf.pose, "--pose" if pose is not None else f"{performance}: pose")
+    if perf.au_csv is not None and not Path(perf.au_csv).is_file():
+        where = "--au_csv" if au_csv is not None else f"au_csv of {performance} (relative to it)"
+        example = Path(clip) / "au.csv" if clip is not None else None
+        raise InstagError(f"{perf.au_csv} does not exist ({where}); give an OpenFace-format AU csv, one row per output "
+                          "frame" + (f", e.g. --au_csv {example} (the clip's own)" if example and example.is_file() else ""))
     return perf
 
 

@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if cfg.chunk_ms < 1 or cfg.batch < 1:
         raise InstagError("--chunk_ms and --batch must be at least 1")
-    performance = performance_from_options(cfg.performance, cfg.expression, cfg.blink, cfg.pose, cfg.au_csv)
+    performance = performance_from_options(cfg.performance, cfg.expression, cfg.blink, cfg.pose, cfg.au_csv,
+                                           cfg.source_path)
     pauses = cfg.pauses if cfg.pauses is not None else performance.pauses is not False
     out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}_stream.mp4"
     check_video_output(out)  # before any work

@@ -361,7 +361,8 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     frames_dir = out.with_suffix("") if cfg.save_frames else None
     if frames_dir is not None:  # before any work: a folder instag did not write is never replaced
         check_replaceable(frames_dir, frames_contents(out))
-    performance = performance_from_options(cfg.performance, cfg.expression, cfg.blink, cfg.pose, cfg.au_csv)
+    performance = performance_from_options(cfg.performance, cfg.expression, cfg.blink, cfg.pose, cfg.au_csv,
+                                           cfg.source_path)
     layout = DatasetLayout.of(cfg.source_path)
     model = load_model(cfg.model_path, cfg.audio_extractor, cfg.device, source=layout.root)
     extractor = model.audio_extractor

@@ -95,7 +95,7 @@ class Avatar:
 
         self.cfg = cfg
         root = DatasetLayout.of(cfg.source_path).root
-        self.model = load_model(cfg.model_path, None, cfg.device)
+        self.model = load_model(cfg.model_path, None, cfg.device, source=root)
         self.clip = load_clip(root, "train", self.model.audio_extractor)
         cam = self.clip.frames[0].camera
         self.size = (cam.width, cam.height)

@@ -101,8 +101,11 @@ def ensure_registry(model_path: str | Path, source_path: str | Path, now: str) -
         return reg
     missing = [name for name in FUSED_FILES if not (model_path / name).is_file()]
     if missing:
-        raise InstagError(f"{model_path / missing[0]} does not exist: refine continues a trained model; adapt one first "
-                          f"(bash scripts/train_xx_few.sh <data> {model_path} 0)")
+        from instag.model.talking_head import adapt_command, check_not_swapped
+
+        check_not_swapped(source_path, model_path)
+        raise InstagError(f"{model_path / missing[0]} does not exist: refine continues a trained model; adapt one first: "
+                          f"{adapt_command(model_path, source_path)}")
     first = versions_dir(model_path) / "v1"
     first.mkdir(parents=True, exist_ok=True)
     for name in FUSED_FILES:
