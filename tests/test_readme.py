@@ -7,6 +7,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from instag.config import parse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,3 +62,7 @@ def test_cpu_recipe_processes_pretraining_clips_with_the_offset_fix():
     spec.loader.exec_module(bench)
     steps = [args for _, args in bench.recipe(Path("/w")) if args[0] == "process" and "/w/data/pretrain/" in " ".join(args)]
     assert len(steps) == 2 and all("--fix_av_offset" in args for args in steps)
+@pytest.mark.parametrize("flag", ["--expression", "--blink", "--performance"])
+def test_readme_says_which_pretraining_the_controls_need(flag):
+    control = section("Conversational control: expression, blinks, head pose, pauses")
+    assert "CPU recipe" in control and "cannot show" in control and flag in control

@@ -350,7 +350,7 @@ def performance_from_options(performance: str | None = None, expression: str | N
     if perf.pose is not None:
         check_pose(perf.pose, "--pose" if pose is not None else f"{performance}: pose")
     if perf.au_csv is not None and not Path(perf.au_csv).is_file():
-        where = "--au_csv" if au_csv is not None else f"au_csv of {performance} (relative to it)"
+        where = "--au_csv" if au_csv is not None else f"au_csv of {performance}, relative to it"
         example = Path(clip) / "au.csv" if clip is not None else None
         raise InstagError(f"{perf.au_csv} does not exist ({where}); give an OpenFace-format AU csv, one row per output "
                           "frame" + (f", e.g. --au_csv {example} (the clip's own)" if example and example.is_file() else ""))
@@ -529,6 +529,31 @@ class Performer:
         au[:, :] = np.clip(au, 0.0, AU_MAX)
         au[:, AU45] = np.clip(au[:, AU45], 0.0, AU45_MAX)
         return au.astype(np.float32)
+
+    def requested_aus(self) -> dict[str, tuple[float, str]]:
+        """The AUs the performance asks to move, each with the value farthest from rest it asks for and what asked
+        (an expression's name, ``blinks``, the AU csv); the clip's own default motion is not a request."""
+        out: dict[str, tuple[float, str]] = {}
+
+        def ask(name: str, value: float, what: str) -> None:
+            j = EXPRESSION_AUS.index(name)
+            value = float(np.clip(value, 0.0, AU45_MAX if j == AU45 else AU_MAX))
+            gap = abs(value - self.rest[j])
+            if gap > 1e-6 and (name not in out or gap > abs(out[name][0] - self.rest[j])):
+                out[name] = (value, what)
+
+        for cue in self.performance.expressions:
+            for name, amount in cue.amounts.items():
+                ask(name, self.rest[EXPRESSION_AUS.index(name)] + self.expression_gain * cue.intensity * amount,
+                    cue.label or "aus")
+        if self.performance.blinks or self.performance.blink not in (None, "off"):
+            ask("AU45", self.blink_peak, "blinks")
+        if self.performance.au_csv:
+            curve, given = self._au_curve(1)
+            for j in np.flatnonzero(given):
+                far = curve[np.argmax(np.abs(curve[:, j] - self.rest[j])), j]
+                ask(EXPRESSION_AUS[j], far, Path(self.performance.au_csv).name)
+        return out
 
     def _au_curve(self, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
         if self._curve is None or self._curve_frames < num_frames:

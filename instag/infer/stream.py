@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                                          reference_db=cfg.reference_db, seed=cfg.seed, batch=cfg.batch,
                                          lookahead_ms=cfg.lookahead_ms, performance=performance, pauses=pauses,
                                          controls=controls)
+    notice = synth.director.unshowable(synth.model)
+    if notice:
+        print(f"instag stream: note: {notice}")
     events: queue.Queue | None = None
     if cfg.stdin_events:
         events = queue.Queue()

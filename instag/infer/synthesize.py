@@ -89,6 +89,9 @@ class SynthesizeConfig:
 
 
 # ---------------------------------------------------------------------------------------- planning
+VISIBLE_PX = 0.5  # an AU that moves no face Gaussian this far on screen has no visible effect
+
+
 @dataclass
 class Plan:
     """What drives each output frame: cameras, the frame index giving torso/background (and the
@@ -121,6 +124,28 @@ class Director:
     @property
     def performance(self) -> Performance:
         return self.performer.performance
+
+    def unshowable(self, model) -> str | None:
+        """A one-line notice when ``model`` cannot show what the performance asks of the face (expressions, blinks,
+        an AU csv): the AUs that move no visible Gaussian by :data:`VISIBLE_PX` (probed with
+        :meth:`instag.model.talking_head.TalkingHead.au_response` on the clip's first camera); None when it can."""
+        import torch
+
+        asked = self.performer.requested_aus()
+        if not asked:
+            return None
+        moved = model.au_response(torch.from_numpy(np.asarray(self.performer.rest, np.float32)),
+                                  {name: value for name, (value, _) in asked.items()}, self.clip.frames[0].camera)
+        faint = [name for name, px in moved.items() if px < VISIBLE_PX]
+        if not faint:
+            return None
+        known = model.face_field.expression.columns
+        what = sorted({asked[name][1] for name in faint})
+        details = ", ".join(f"{name} {moved[name]:.2f} px" if name in known else f"{name} not in its AU condition"
+                            for name in faint)
+        return (f"this model cannot show the requested {', '.join(what)}: the face barely moves for them ({details}; "
+                f"visible from {VISIBLE_PX:g} px); expressions and blinks need a pre-training whose face field learnt "
+                "the AUs (the default recipe on many identities, not the CPU recipe's tiny one)")
 
     def plan(self, start: int, stop: int, silent: np.ndarray | None = None) -> Plan:
         """Plan of output frames ``start..stop-1``; ``silent`` [>= stop] pause flags from frame 0 (None: no pauses)."""
@@ -376,6 +401,9 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     pauses = cfg.pauses if cfg.pauses is not None else performance.pauses is not False
     arm, controls = resolve(cfg.model_path, cfg.delivery, Controls(cfg.mouth_scale, cfg.smoothing, cfg.expression_intensity), log)
     director = Director(clip, performance, cfg.seed, pauses, controls)
+    notice = director.unshowable(model)
+    if notice:
+        log(f"instag synthesize: note: {notice}")
     mouth = mouth_scaler(model, clip, controls)
     silent = pause_flags(info, num_frames) if pauses else None
     if pauses and silent is None:

@@ -229,6 +229,29 @@ class TalkingHead(nn.Module):
         return {"image": image.clamp(0, 1), "face_alpha": rf.alpha, "mouth_alpha": rm.alpha, "lip_gap": hook[:, 2]}
 
     @torch.no_grad()
+    def au_response(self, rest: Tensor, targets: dict[str, float], camera: Camera) -> dict[str, float]:
+        """How far each AU of ``targets`` (name -> value) moves the face on screen when it goes there from ``rest``
+        (the AU condition ``[AU_DIM]`` in :data:`instag.data.format.EXPRESSION_AUS` order), silence driving the
+        audio: the largest displacement of a visible face Gaussian, in pixels of ``camera``. An AU that the face
+        field's condition lacks (a model of the six-AU era) moves nothing: 0."""
+        from instag.data.format import EXPRESSION_AUS
+
+        dev = self.device
+        names = list(targets)
+        au = rest.to(dev, torch.float32)[None].repeat(len(names) + 1, 1)
+        for k, name in enumerate(names, 1):
+            au[k, EXPRESSION_AUS.index(name)] = float(targets[name])
+        silence = self.face_field.audio(torch.zeros(1, 8, *self.item_shape, device=dev))
+        means = self.deform_face(silence.expand(len(names) + 1, -1), au, align=self.align).means  # [B,N,3]
+        w2c = camera.world_to_camera.to(dev, torch.float32)
+        depth = (means[0] @ w2c[:3, :3].T + w2c[:3, 3])[:, 2].clamp_min(camera.near)  # [N]
+        visible = self.face.opacities > 0.05
+        shift = (means[1:] - means[:1]).norm(dim=-1) * (max(camera.fx, camera.fy) / depth)[None]  # [B-1,N] px
+        shift = torch.where(visible[None], shift, torch.zeros_like(shift))
+        known = self.face_field.expression.columns
+        return {name: float(shift[k].max()) if name in known and shift.shape[1] else 0.0 for k, name in enumerate(names)}
+
+    @torch.no_grad()
     def render_frame(
         self, camera: Camera, audio_window: Tensor, au_exp: Tensor, background: Tensor, dilate: bool = False
     ) -> dict[str, Tensor]:
