@@ -35,7 +35,8 @@ def recipe(work: Path) -> list[tuple[str, list[str]]]:
     data, out = work / "data", work / "output"
     steps = []
     for name in ("grid_bbaf2n", "grid_swiz3n"):
-        steps.append((f"process {name} (3 s)", ["process", str(video / "grid" / f"{name}.mpg"), "--out", str(data / "pretrain" / name)]))
+        steps.append((f"process {name} (3 s)", ["process", str(video / "grid" / f"{name}.mpg"), "--out", str(data / "pretrain" / name),
+                                                "--fix_av_offset"]))
     steps.append(("process May (5 s)", ["process", str(video / "r3dp_may_5s.mp4"), "--out", str(data / "may")]))
     steps.append(("pretrain (tiny, 2 identities)", ["pretrain", "-S", str(data / "pretrain"), "-M", str(out / "pretrain_tiny"),
                                                     "--preset", "tiny", "--quiet"]))

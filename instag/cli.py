@@ -15,7 +15,7 @@ import sys
 
 # subcommand -> (module, function, one-line description)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "process": ("instag.preprocess.pipeline", "main", "preprocess a talking-head video into data/<ID>/"),
+    "process": ("instag.preprocess.batch", "main", "preprocess a talking-head video into data/<ID>/"),
     "split": ("instag.preprocess.split", "main", "keep the last 12 s of a processed clip for evaluation"),
     "features": ("instag.audio.cli", "main", "extract audio features from a wav (whisper, mel, deepspeech, esperanto, hubert, ave)"),
     "export-whisper": ("instag.audio.cli", "export_whisper_main", "write the Whisper encoder alone (for machines without its wheels)"),

@@ -17,18 +17,35 @@ from instag.io.wav import write_wav
 SIZE = 64
 
 
+# run before `python -m instag serve` when the renderer is to be slower than real time: each frame it renders
+# costs 1/INSTAG_RENDER_FPS seconds more
+SLOW_RENDER = """
+import os, time
+import instag.serve.app as app
+_encode = app.encode_jpeg
+def _slow(frame, quality):
+    time.sleep(1 / float(os.environ["INSTAG_RENDER_FPS"]))
+    return _encode(frame, quality)
+app.encode_jpeg = _slow
+"""
+
+
 class Served:
-    def __init__(self, root: Path, *extra: str):
+    def __init__(self, root: Path, *extra: str, render_fps: float | None = None):
         self.data = root / "data" / "person"
         self.model = root / "output" / "person"
         synthetic_dataset(self.data, size=SIZE, n_train=12, n_val=4)
         fused_model(self.model)
         self.wav = root / "speech 1.wav"  # a space on purpose
         write_wav(self.wav, speech(50, seed=3)[0], 16000)  # 2.0 s = 50 frames
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "instag", "serve", "-S", str(self.data), "-M", str(self.model), "--port", "0",
-             "--device", "cpu", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+        args = ["serve", "-S", str(self.data), "-M", str(self.model), "--port", "0", "--device", "cpu", *extra]
+        env = cli_env()
+        command = [sys.executable, "-m", "instag", *args]
+        if render_fps is not None:
+            env["INSTAG_RENDER_FPS"] = str(render_fps)
+            command = [sys.executable, "-c", SLOW_RENDER + "import runpy, sys\n"
+                       f"sys.argv = {['instag', *args]!r}\nrunpy.run_module('instag', run_name='__main__')"]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
         found = re.search(r"http://127\.0\.0\.1:\d+/", line)
         if not found:

@@ -83,3 +83,22 @@ def test_atomic_outputs_follow_the_umask(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_checkpoint_tensors_get_the_same_mode_as_their_json(tmp_path):
+    """safetensors recreates the file it writes as 0600: the atomic rename still gives it the umask's mode."""
+    import os
+
+    import torch
+
+    from instag.model.talking_head import save_tensors
+    from instag.train.checkpoint import write_checkpoint
+
+    mask = os.umask(0)
+    os.umask(mask)
+    save_tensors(tmp_path / "head.safetensors", {"w": torch.zeros(3)})
+    write_json(tmp_path / "head.json", {"a": 1})
+    write_checkpoint(tmp_path, "chkpnt", {"w": torch.zeros(2)}, {"iteration": 1})
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"head.safetensors": 0o666 & ~mask, "head.json": 0o666 & ~mask,
+                     "chkpnt.safetensors": 0o666 & ~mask, "chkpnt.json": 0o666 & ~mask}

@@ -232,3 +232,19 @@ def test_static_baseline_uses_the_clips_own_silence():
     items = torch.arange(60.0)[:, None, None].expand(60, 2, 3).contiguous()
     static, source = static_audio(items, audio, "mel")
     assert torch.equal(static, items[k : k + 1].expand(60, 2, 3)) and "quietest" in source
+
+
+def test_table_headers_never_run_together():
+    from instag.metrics.report import format_table
+
+    rows = {"ours": {"psnr": 30.12346, "mouth_amp": 0.91, "closed_in_silence": 0.875, "aue_lower": None},
+            "static": {"psnr": 25.0, "mouth_amp": 0.0, "closed_in_silence": 1.0}}
+    head, ours, static = format_table(rows).splitlines()
+    assert head.split() == ["psnr", "mouth_amp", "closed_in_silence"]
+    assert ours.split() == ["ours", "30.1235", "0.9100", "0.8750"]
+    assert static.split() == ["static", "25.0000", "0.0000", "1.0000"]
+    # every value ends where its header ends
+    for line in (ours, static):
+        for name in ("psnr", "mouth_amp", "closed_in_silence"):
+            end = head.index(name) + len(name)
+            assert line[end - 1] != " " and (end == len(line) or line[end] == " ")

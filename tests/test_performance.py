@@ -196,6 +196,7 @@ def test_performance_file_holds_every_item(tmp_path):
     assert perf.expressions[1].amounts == {"AU01": 2.0, "AU02": 2.5} and perf.expressions[1].ramp == 0.2
     assert perf.blinks == [pf.BlinkCue(7.2), pf.BlinkCue(8.0, 0.25)]
     assert perf.gestures == [pf.GestureCue("nod", 8.0, 1.0, 8.0, 2), pf.GestureCue("tilt", 9.0, 2.0, 8.0, 1)]
+    (tmp_path / "curve.csv").write_text("frame, AU01_r\n1, 0.5\n")  # the file must exist by the time flags join it
     flags = pf.performance_from_options(str(path), expression="sad@1-2", blink="off", pose="train")
     assert flags.blink == "off" and flags.pose == "train" and [c.label for c in flags.expressions] == ["happy", "aus", "sad"]
 
@@ -602,3 +603,67 @@ def test_default_aus_replay_the_brows_and_hold_the_mouth_corners(tiny):
         assert (plan.au_exp[:, AU[name]] == director.performer.rest[AU[name]]).all()
     still = Director(clip, pf.Performance(blink="off", pose="still"), pauses=False).plan(0, 10)
     assert (still.au_exp == still.au_exp[0]).all()
+
+
+def colourful(head):
+    """``head`` with small splats of many colours, so that moving them shows (fresh ones are one grey blur)."""
+    with torch.no_grad():
+        head.face.features_dc.copy_(torch.randn(head.face.features_dc.shape, generator=torch.Generator().manual_seed(1)))
+        head.face.scale_raw.sub_(2.0)
+    return head
+
+
+def responsive(head):
+    """``head`` with a face field that moves its Gaussians by pixels for its AUs (fresh tri-planes hold 1e-4)."""
+    with torch.no_grad():
+        head.face_field.encoder.embeddings.mul_(1e3)
+        head.face_field.net[-1].weight.mul_(1e4)
+    return head
+
+
+def _render_pair(head, clip, rest, targets):
+    """Frames of ``head`` at the AU condition ``rest`` and with ``targets`` over it, silence driving the audio."""
+    cam, bg = clip.frames[0].camera, torch.zeros(3, clip.frames[0].camera.height, clip.frames[0].camera.width)
+    window = torch.zeros(8, *head.item_shape)
+    moved = torch.from_numpy(rest.copy())
+    for name, value in targets.items():
+        moved[AU[name]] = value
+    a = head.render_frame(cam, window, torch.from_numpy(rest), bg)["image"]
+    b = head.render_frame(cam, window, moved, bg)["image"]
+    return float((a - b).abs().max() * 255)
+
+
+def test_a_model_that_cannot_show_a_control_says_so(tiny, tmp_path):
+    """A face field that barely responds to the AUs (an untrained one, like the CPU recipe's tiny pre-training) gets a
+    notice naming what it cannot show, and its frames indeed hardly change; a responsive one gets none and changes;
+    a six-AU model asked for AU12 is told it lacks it."""
+    from instag.infer.synthesize import Director, SynthesizeConfig, load_model, synthesize
+
+    clip = _clip(tiny)
+    head = colourful(load_model(tiny["model"], None, "cpu"))
+    director = Director(clip, pf.performance_from_options(expression="happy:1@0-1", blink="20"))
+    asked = director.performer.requested_aus()
+    assert set(asked) == {"AU06", "AU12", "AU45"} and asked["AU45"][1] == "blinks" and asked["AU12"][1] == "happy"
+    notice = director.unshowable(head)
+    assert notice.startswith("this model cannot show the requested blinks, happy: the face barely moves for them (AU06 ")
+    assert "visible from 0.5 px" in notice and "CPU recipe" in notice
+    rest, targets = director.performer.rest, {k: v for k, (v, _) in asked.items()}
+    assert _render_pair(head, clip, rest, targets) < 1.0  # not one grey level anywhere
+    assert Director(clip, pf.performance_from_options()).unshowable(head) is None  # nothing asked, nothing said
+
+    assert director.unshowable(responsive(head)) is None  # the same head with a field that responds to its AUs
+    assert _render_pair(head, clip, rest, targets) > 5.0
+
+    legacy = responsive(_legacy_head())
+    smile = Director(clip, pf.performance_from_options(expression="AU12:3@0-1,AU04:3@0-1"))
+    assert smile.unshowable(legacy) == (
+        "this model cannot show the requested aus: the face barely moves for them (AU12 not in its AU condition; "
+        "visible from 0.5 px); expressions and blinks need a pre-training whose face field learnt the AUs (the "
+        "default recipe on many identities, not the CPU recipe's tiny one)")
+
+    said = []
+    synthesize(SynthesizeConfig(source_path=str(tiny["root"]), model_path=str(tiny["model"]), audio=str(tiny["wav"]),
+                                expression="happy@0-0.5", output=str(tmp_path / "o.mp4"), device="cpu", quiet=True),
+               log=said.append)
+    notes = [line for line in said if "note:" in line]
+    assert len(notes) == 1 and notes[0].startswith("instag synthesize: note: this model cannot show the requested happy")

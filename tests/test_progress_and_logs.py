@@ -84,7 +84,7 @@ def test_dilate_is_one_kind_of_flag_in_adapt_synthesize_and_evaluate(capsys):
 
     required = {AdaptConfig: ["-S", "d", "-M", "m"], SynthesizeConfig: ["-S", "d", "-M", "m", "--audio", "a.wav"],
                 EvaluateConfig: []}
-    defaults = {AdaptConfig: True, SynthesizeConfig: False, EvaluateConfig: False}
+    defaults = {AdaptConfig: True, SynthesizeConfig: True, EvaluateConfig: False}
     for cls, base in required.items():
         assert re.search(r"--dilate \[BOOL\] dilate the mouth alpha 13x13 before compositing.*?\(default: "
                          f"{str(defaults[cls]).lower()}\\)", _help(cls, "instag", capsys))

@@ -118,7 +118,7 @@ def test_refine_refusals(world, tmp_path):
     empty.mkdir()
     one_line_error(run_cli("refine", "-S", str(world["data"]), "-M", str(empty), "--add", str(world["more"]), *TINY),
                    "chkpnt_fuse_latest.safetensors does not exist", "adapt one first")
-    one_line_error(run_cli("versions", str(empty)), "has no versions yet")
+    one_line_error(run_cli("versions", str(empty)), "chkpnt_fuse_latest.safetensors does not exist", "not a trained model")
     # another validation split than the one the versions were scored on
     other = tmp_path / "other"
     synthetic_dataset(other, size=32, n_train=9, n_val=5, seed=0)
@@ -129,3 +129,69 @@ def test_refine_refusals(world, tmp_path):
         "versions": [{"name": "v1"}]}))
     one_line_error(run_cli("refine", "-S", str(other), "-M", str(tmp_path / "m2"), "--add", str(world["more"]), *TINY),
                    "validation split", "move versions/ away")
+
+
+def test_versions_before_any_refine(tmp_path):
+    """A model that was never refined has no versions: listing them says so and succeeds; a rollback is refused."""
+    model = fused_model(tmp_path / "m")
+    listing = run_cli("versions", str(model))
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.strip() == (f"instag versions: {model} has no versions yet: its own checkpoint is the only one "
+                                      f"(instag refine -S data/<ID> -M {model} --add <more footage> keeps it as v1 and adds v2)")
+    assert not (model / "versions").exists()
+    one_line_error(run_cli("versions", str(model), "--rollback", "v1"), "has no versions yet", "none to roll back to")
+
+
+def _scores(pred, truth, corr_of=None) -> dict:
+    from instag.metrics.lips import pearson
+
+    return {"validation": {"psnr": 30.0, "ssim": 0.95, "lmd": 2.0, "mouth_corr": pearson(pred, truth), "frames": len(pred),
+                           "mouth_opening": {"ours": list(map(float, pred)), "truth": list(map(float, truth))}}}
+
+
+def test_mouth_correlation_is_judged_above_its_noise():
+    """12 frames: two versions that differ by chance differ by 0.2 in mouth corr, within the measured noise; on 300
+    frames a real loss of lip sync is beyond it and refused."""
+    from instag.train.refine import RefineConfig, describe_margin, guard
+
+    cfg = RefineConfig(source_path="d", model_path="m", add=["x"])
+    rng = np.random.default_rng(11)  # draws of the same quality: mouth corr 0.57 and 0.33
+    truth = rng.random(12)
+    old, new = _scores(truth + 1.4 * rng.random(12), truth), _scores(truth + 1.4 * rng.random(12), truth)
+    drop = old["validation"]["mouth_corr"] - new["validation"]["mouth_corr"]
+    assert drop > 0.15  # chance alone
+    ok, checks = guard(old, new, cfg)
+    corr = next(c for c in checks if c["metric"] == "mouth_corr")
+    assert ok and corr["ok"] and corr["tolerance"] > drop and corr["noise"] > 0.1 and corr["frames"] == 12
+    assert corr["tolerance"] == pytest.approx(2 * corr["noise"])
+    text = describe_margin(checks, cfg)
+    assert "noise margin" in text and "12 scored frames" in text and "above --lip_tolerance 0.02" in text
+
+    truth = rng.random(300)
+    synced = _scores(truth + 0.3 * rng.random(300), truth)
+    lost = _scores(0.5 * truth + rng.random(300), truth)
+    ok, checks = guard(synced, lost, cfg)
+    corr = next(c for c in checks if c["metric"] == "mouth_corr")
+    assert not ok and not corr["ok"] and 0.02 <= corr["tolerance"] < 0.2
+    assert corr["old"] - corr["new"] > corr["tolerance"]
+    # scores without per-frame openings (a registry from before they were kept): the plain tolerance
+    for scores in (synced, lost):
+        del scores["validation"]["mouth_opening"]
+    corr = next(c for c in guard(synced, lost, cfg)[1] if c["metric"] == "mouth_corr")
+    assert corr["tolerance"] == 0.02 and corr["noise"] is None
+    assert "--lip_tolerance 0.02 (no per-frame openings" in describe_margin(guard(synced, lost, cfg)[1], cfg)
+
+
+def test_refine_takes_the_models_own_preset(tmp_path):
+    from instag.train.refine import RefineConfig, recipe_preset
+
+    model = fused_model(tmp_path / "m")
+    said = []
+    cfg = RefineConfig(source_path="d", model_path=str(model), add=["x"])
+    assert recipe_preset(cfg, model, said.append) == "default" and "records none" in said[-1]
+    meta = json.loads((model / "chkpnt_fuse_latest.json").read_text(encoding="utf-8"))
+    (model / "chkpnt_fuse_latest.json").write_text(json.dumps({**meta, "preset": "cpu"}), encoding="utf-8")
+    assert recipe_preset(cfg, model, said.append) == "cpu" and "the one m was made with" in said[-1]
+    assert recipe_preset(RefineConfig(source_path="d", model_path=str(model), add=["x"], preset="tiny"), model,
+                         said.append) == "tiny"
+    assert RefineConfig.__dataclass_fields__["preset"].default is None

@@ -120,7 +120,7 @@ def test_features_of_another_extractor(world, tmp_path):
 # ------------------------------------------------------------------------------- model and data
 def test_missing_model(world, tmp_path):
     one_line_error(synth(world, world["audio"].wav("speech", seconds=0.4), model=tmp_path / "nomodel"),
-                   "chkpnt_fuse_latest.safetensors", "run adaptation first")
+                   "chkpnt_fuse_latest.safetensors", "adapt one first: instag adapt")
 
 
 def test_corrupted_model(world, tmp_path):

@@ -43,7 +43,7 @@ def copy_clip(world, tmp_path: Path) -> Path:
 # ------------------------------------------------------------------------- pre-trained checkpoint
 def test_missing_pretrained_checkpoint(world, tmp_path):
     missing = tmp_path / "no_pretrain"
-    line = one_line_error(adapt(world, tmp_path / "out", pre=missing), str(missing), "run pre-training first")
+    line = one_line_error(adapt(world, tmp_path / "out", pre=missing), str(missing), "pre-train first (instag pretrain")
     assert "chkpnt_ema_face_latest" in line
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 

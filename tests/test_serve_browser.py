@@ -65,14 +65,15 @@ def upload_and_answer(driver, url: str, wav: Path) -> None:
 
 
 def check_answer(state: dict, frames: int) -> None:
-    """Every frame arrives; each is shown when the sound reaches its time, never early, and a frame that came in time
-    within a few animation frames (frames that came late on a busy machine are skipped or shown at once); the lower
-    face changes with the speech."""
+    """Every frame arrives; each is shown in its own 40-ms moment of the sound, never early and never behind it, or
+    left out (a machine that renders slower than real time, e.g. two viewers on two cores, leaves many out); a
+    renderer with room to spare shows most; the lower face changes with the speech."""
     assert state["end"]["frames"] == frames and state["received"] == frames
-    assert state["shown"] + state["skipped"] == frames and state["shown"] >= 0.25 * frames
-    lag, in_time = np.array(state["lag"]), np.array(state["in_time_lag"])
-    assert lag.min() >= 0, lag
-    assert in_time.size >= 0.25 * frames and np.median(in_time) < 50, in_time
+    assert state["shown"] + state["skipped"] == frames and state["shown"] >= 2
+    lag = np.array(state["lag"])
+    assert lag.min() >= 0 and lag.max() < 40, lag
+    if state["end"]["render_fps"] >= 40:
+        assert state["shown"] >= 0.5 * frames
     assert np.ptp(state["mouth"]) > 0
 
 
@@ -151,3 +152,45 @@ def test_dashboard_opens_in_the_browser(served, tmp_path):
         assert "sessions" in d.find_element(By.TAG_NAME, "h1").text.lower()
     finally:
         d.quit()
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory):
+    srv = Served(tmp_path_factory.mktemp("slow"), render_fps=8.0)  # a third of real time, like a big head on a CPU
+    yield srv
+    srv.stop()
+
+
+def test_page_stays_honest_on_a_renderer_slower_than_real_time(slow, tmp_path):
+    """Frames that come after their moment are left out (none is drawn behind the sound or after it ended), the status
+    counts the frames shown, the feedback row waits for an answer, and an MP3 is refused in words."""
+    from selenium.webdriver.common.by import By
+
+    d = browser(slow.wav)
+    try:
+        d.get(slow.url)
+        wait_for(d, "return window.instag.info")
+        assert not d.find_element(By.ID, "feedback").is_displayed()  # no answer yet, nothing to rate
+        mp3 = tmp_path / "speech.mp3"
+        mp3.write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 8)
+        d.find_element(By.ID, "file").send_keys(str(mp3))
+        status = wait_for(d, "return window.instag.error")
+        assert status.startswith("speech.mp3 is not a WAV file (it is an MP3 file)") and "b'" not in status, status
+        assert "ffmpeg -i speech.mp3 -ar 16000 speech.wav" in status
+
+        upload_and_answer(d, slow.url, slow.wav)
+        assert not d.find_element(By.ID, "feedback").is_displayed()
+        state = wait_for(d, """const a = window.instag.answers[0];
+            return a && a.done ? {shown: a.shown, skipped: a.skipped, dropped: a.dropped, received: a.received,
+                                  lag: a.lagMs, times: a.shownTimes, end: a.end} : null;""", timeout=120)
+        status = d.find_element(By.ID, "status").text
+    finally:
+        d.quit()
+    frames, slot_ms = 50, 40
+    assert state["received"] == frames and state["end"]["render_fps"] < 12  # slower than real time indeed
+    assert state["shown"] + state["skipped"] == frames and 0 < state["shown"] < frames and state["dropped"] > 0
+    assert max(state["lag"]) < slot_ms  # every frame shown was shown in its own 40 ms
+    assert max(t["at"] for t in state["times"]) < frames / 25  # none after the sound ended
+    assert status.startswith(f"Answered 2.0 s of speech: {state['shown']} of {frames} frames shown; "
+                             f"{frames - state['shown']} came too late for their moment"), status
+    assert "real time needs 25" in status

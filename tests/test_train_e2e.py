@@ -37,7 +37,7 @@ def _cut(src: Path, dst: Path) -> None:
 
 def _processed(name: str) -> Path:
     """data/<name>/ processed by the real pipeline (cached)."""
-    from instag.preprocess.pipeline import main as process_main
+    from instag.preprocess.batch import main as process_main
 
     root = CACHE / name
     if (root / "transforms_val.json").exists() and (root / "aud_wh.npy").exists():

@@ -252,7 +252,10 @@ def test_features_of_another_definition_are_refused(tmp_path):
     from instag.audio.registry import check_feature_meta, feature_definition
     from instag.audio.windows import definition_path, load_features, save_features
 
+    from instag.io.wav import write_wav
+
     feats = np.zeros((10, 2, 512), np.float32)
+    write_wav(tmp_path / "aud.wav", np.zeros(6400, np.float32), 16000)
     path = tmp_path / "aud_wh.npy"
     np.save(path, feats)  # an old file: no record beside it
     with pytest.raises(InstagError, match=r"older definition .*instag features --wav .*aud\.wav --extractor whisper"):

@@ -32,9 +32,33 @@ def max_mismatch(num_frames: int) -> int:
     return max(5, num_frames // 100)
 
 
+def speech_beside(features: Path) -> Path | None:
+    """The .wav a feature file was made from, by upstream's naming (``X.wav`` -> ``X.npy``, ``X_mel.npy``,
+    ``X_hu.npy``, ...; a processed clip's ``aud_*.npy`` from its ``aud.wav``); None when none is there."""
+    from instag.data.format import AUDIO_FEATURE_FILES
+
+    stem = features.stem
+    for name in AUDIO_FEATURE_FILES.values():
+        tag = name.removeprefix("aud").removesuffix(".npy")
+        if stem.endswith(tag):
+            stem = stem.removesuffix(tag)
+            break
+    for candidate in (f"{stem}.wav", f"{features.stem}.wav"):
+        if (features.parent / candidate).is_file():
+            return features.parent / candidate
+    return None
+
+
 def _regenerate_hint(path: Path, extractor: str) -> str:
-    wav = path.parent / "aud.wav"
-    return f"regenerate it with: instag features --wav {wav} --extractor {extractor} --out {path}"
+    """A command that makes ``extractor``'s features from the speech beside ``path``; what to give instead without it."""
+    from instag.data.format import AUDIO_FEATURE_FILES
+
+    wav = speech_beside(path)
+    if wav is None:
+        return (f"no .wav beside it to make {extractor} features from; give the speech's .wav instead (synthesis "
+                f"extracts the features itself), or make them with instag features --extractor {extractor}")
+    made = wav.with_name(wav.stem + AUDIO_FEATURE_FILES[extractor].removeprefix("aud"))
+    return f"make them from {wav} with: instag features --wav {wav} --extractor {extractor} (writes {made})"
 
 
 def definition_path(path: str | Path) -> Path:

@@ -246,9 +246,7 @@ def load_clip(
     """Read a processed clip's whole-clip data for ``split`` ("train" | "val")."""
     from instag.audio.windows import load_features
 
-    layout = DatasetLayout.of(root)
-    if not layout.root.is_dir():
-        raise InstagError(f"dataset folder {layout.root} does not exist; run `instag process` on the video first")
+    layout = DatasetLayout.of(root).require()
     frames = load_cameras(layout, split, n_views=n_views)
     native = (frames[0].camera.height, frames[0].camera.width)
     size = training_size(native, max_side)

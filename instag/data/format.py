@@ -85,6 +85,15 @@ class DatasetLayout:
     def name(self) -> str:
         return self.root.name
 
+    def require(self) -> DatasetLayout:
+        """This layout; refused in one line when its folder (what ``-S`` names) does not exist."""
+        if not self.root.is_dir():
+            from instag.errors import InstagError
+
+            raise InstagError(f"dataset folder {self.root} does not exist; -S takes a processed clip, made with "
+                              f"instag process VIDEO --out {self.root}")
+        return self
+
     @property
     def video(self) -> Path:
         return self.root / f"{self.root.name}.mp4"

@@ -192,23 +192,10 @@ def mel_items(samples: np.ndarray, reference_db: float | None = None) -> tuple[t
     return builder.items(builder.total_frames()), float(reference_db)
 
 
-def _wav_beside(features: Path) -> Path | None:
-    """The speech a feature file was made from, by upstream's naming (X.wav -> X.npy, X_eo.npy, X_hu.npy, ...)."""
-    stem = features.stem
-    for tag in ("_eo", "_hu", "_ds", "_ave", "_mel"):
-        if stem.endswith(tag):
-            stem = stem[: -len(tag)]
-            break
-    for name in (f"{stem}.wav", f"{features.stem}.wav"):
-        if (features.parent / name).is_file():
-            return features.parent / name
-    return None
-
-
 def audio_items(audio: str | Path, extractor: str, reference_db: float | None = None) -> tuple[torch.Tensor, dict]:
     """Per-frame network items [T, C, W] for a wav (extracted now) or a feature .npy (loaded),
     and facts about them (``wav``: the path of the sound to mux, or None; ``reference_db``)."""
-    from instag.audio.windows import load_features
+    from instag.audio.windows import load_features, speech_beside
     from instag.io.wav import load_audio_16k_mono
 
     path = Path(audio)
@@ -216,7 +203,7 @@ def audio_items(audio: str | Path, extractor: str, reference_db: float | None = 
         raise InstagError(f"audio {path} not found; give a .wav file or a feature .npy")
     if path.suffix.lower() == ".npy":
         feats = torch.from_numpy(load_features(path, extractor, None))
-        return feats, {"wav": _wav_beside(path), "reference_db": None}
+        return feats, {"wav": speech_beside(path), "reference_db": None}
     samples = load_audio_16k_mono(path)
     if samples.size == 0:
         raise InstagError(f"{path} holds no audio samples")

@@ -136,6 +136,18 @@ class Performance:
         self.blinks += other.blinks
         self.gestures += other.gestures
 
+    def asked(self) -> dict:
+        """What was asked of the head, with the defaults spelt out, as a session log records it (``settings.performance``)."""
+        return {
+            "expression": [{"name": c.label or "aus", "aus": dict(c.amounts), "intensity": c.intensity, "start": c.start,
+                            "end": c.end} for c in self.expressions],
+            "blink": self.blink or "auto", "blinks_at": [b.at for b in self.blinks],
+            "pose": self.pose or "pingpong",
+            "gestures": [{"gesture": g.kind, "start": g.start, "duration": g.duration, "amplitude": g.amplitude,
+                          "times": g.times} for g in self.gestures],
+            "au_csv": self.au_csv, "pauses": self.pauses is not False,
+        }
+
 
 # ---------------------------------------------------------------------------------------- parsing
 def _number(value, where: str, what: str, lo: float | None = None, hi: float | None = None) -> float:
@@ -328,14 +340,20 @@ def check_pose(value: str, where: str = "--pose") -> str:
 
 
 def performance_from_options(performance: str | None = None, expression: str | None = None, blink: str | None = None,
-                             pose: str | None = None, au_csv: str | None = None) -> Performance:
-    """The performance of a command line: ``--performance`` with the other flags over it."""
+                             pose: str | None = None, au_csv: str | None = None, clip: str | Path | None = None) -> Performance:
+    """The performance of a command line: ``--performance`` with the other flags over it. ``clip``: the processed
+    clip ``-S``, whose own AU csv an error about a missing one names as an example."""
     base = load_performance(performance) if performance else Performance()
     flags = Performance(parse_expression_arg(expression) if expression else [],
                         blink=check_blink(blink, "--blink") if blink is not None else None, pose=pose, au_csv=au_csv)
     perf = flags.over(base)
     if perf.pose is not None:
         check_pose(perf.pose, "--pose" if pose is not None else f"{performance}: pose")
+    if perf.au_csv is not None and not Path(perf.au_csv).is_file():
+        where = "--au_csv" if au_csv is not None else f"au_csv of {performance}, relative to it"
+        example = Path(clip) / "au.csv" if clip is not None else None
+        raise InstagError(f"{perf.au_csv} does not exist ({where}); give an OpenFace-format AU csv, one row per output "
+                          "frame" + (f", e.g. --au_csv {example} (the clip's own)" if example and example.is_file() else ""))
     return perf
 
 
@@ -511,6 +529,31 @@ class Performer:
         au[:, :] = np.clip(au, 0.0, AU_MAX)
         au[:, AU45] = np.clip(au[:, AU45], 0.0, AU45_MAX)
         return au.astype(np.float32)
+
+    def requested_aus(self) -> dict[str, tuple[float, str]]:
+        """The AUs the performance asks to move, each with the value farthest from rest it asks for and what asked
+        (an expression's name, ``blinks``, the AU csv); the clip's own default motion is not a request."""
+        out: dict[str, tuple[float, str]] = {}
+
+        def ask(name: str, value: float, what: str) -> None:
+            j = EXPRESSION_AUS.index(name)
+            value = float(np.clip(value, 0.0, AU45_MAX if j == AU45 else AU_MAX))
+            gap = abs(value - self.rest[j])
+            if gap > 1e-6 and (name not in out or gap > abs(out[name][0] - self.rest[j])):
+                out[name] = (value, what)
+
+        for cue in self.performance.expressions:
+            for name, amount in cue.amounts.items():
+                ask(name, self.rest[EXPRESSION_AUS.index(name)] + self.expression_gain * cue.intensity * amount,
+                    cue.label or "aus")
+        if self.performance.blinks or self.performance.blink not in (None, "off"):
+            ask("AU45", self.blink_peak, "blinks")
+        if self.performance.au_csv:
+            curve, given = self._au_curve(1)
+            for j in np.flatnonzero(given):
+                far = curve[np.argmax(np.abs(curve[:, j] - self.rest[j])), j]
+                ask(EXPRESSION_AUS[j], far, Path(self.performance.au_csv).name)
+        return out
 
     def _au_curve(self, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
         if self._curve is None or self._curve_frames < num_frames:

@@ -4,7 +4,8 @@ stream and served answer, plus the feedback people give on the page.
 A ``session`` record holds:
 
 - ``id``, ``kind`` (``synthesize`` | ``stream`` | ``serve``), ``started`` / ``ended`` (ISO 8601, UTC), ``model``
-  (folder and the version from ``versions/``, when there is one);
+  (folder, the version from ``versions/`` when there is one, and ``source_path``, the processed clip ``-S``),
+  ``output`` (the video written, null for the served page);
 - ``audio``: ``sha256`` of the 16-kHz mono signal as 16-bit PCM (the same speech hashes alike whether it came as a
   file, an upload or from the microphone), ``seconds``, ``language`` (null unless given), ``name`` and ``stored``:
   the signal is kept once per hash under ``logs/audio/<sha256>.wav`` so that ``instag refine`` can score later
@@ -13,10 +14,15 @@ A ``session`` record holds:
   gap of :meth:`instag.model.talking_head.TalkingHead.render_frames`: how far the model parts the lips, in its own
   units), ``blink`` (AU45), ``au`` (the eye and brow AU intensities that drove the frame), ``pose`` (head yaw,
   pitch, roll in degrees and position x, y, z in head units, in the camera's frame) and ``latency_ms``;
-- ``sync``: ``score`` = the opening–loudness correlation (:func:`instag.metrics.evaluate.lagged_correlation` of
-  the mouth opening with the speech's RMS per frame, best lag within ±5 frames, as ``instag evaluate --pred``
-  reports it), ``closed_in_silence`` (:mod:`instag.metrics.lips` over the silent frames of
-  :mod:`instag.audio.activity`, the closed level from the session's own openings) and what they were measured on;
+- ``settings``: the command's options, ``delivery`` (:mod:`instag.infer.delivery`) and ``performance``, what was
+  asked of the head (:meth:`instag.infer.performance.Performance.asked`: expressions, blink, pose, gestures, AU csv,
+  pauses; the defaults spelt out);
+- ``sync``: measured on the model's predicted lip gap, not on the pixels a viewer sees (``measured_on`` says so):
+  ``score`` = ``lip_gap_loudness_corr``, the correlation of that gap with the speech's RMS per frame
+  (:func:`instag.metrics.lips.lagged_correlation`, best lag within ±5 frames), and ``lip_gap_closed_in_silence``
+  (:mod:`instag.metrics.lips` over the silent frames of :mod:`instag.audio.activity`, the closed level from the
+  session's own gaps). A gap the model shrinks in pauses can still leave the rendered lips apart: ``instag
+  report`` measures the rendered video (``output``) as ``instag evaluate --pred`` does and shows that beside it;
 - ``latency``: first frame, mean and 95th percentile per frame (ms) and frames per second.
 
 A ``feedback`` record: ``session`` (a session id), ``rating`` (``up`` | ``down``), ``note``, ``time``.
@@ -154,24 +160,27 @@ def head_pose(world_to_camera: np.ndarray) -> tuple[float, float, float, float, 
     return yaw, pitch, roll, x, y, z
 
 
-def sync_measures(opening: np.ndarray, samples: np.ndarray | None) -> dict:
-    """Opening–loudness correlation (best lag within ±5 frames) and closed_in_silence of an opening series [T]
-    driven by ``samples`` (16 kHz); ``score`` is the correlation. Nulls when there is no sound or too few frames."""
-    from instag.audio.activity import silent_frames
-    from instag.metrics.evaluate import lagged_correlation, speech_energy
-    from instag.metrics.lips import closed_in_silence, closed_level
+LIP_GAP_MEASURE = ("the model's predicted lip gap (FM hook, model units), not the rendered pixels; instag report "
+                   "measures the rendered video as instag evaluate --pred does")
 
-    opening = np.asarray(opening, np.float64)
-    out = {"score": None, "opening_loudness_corr": None, "lag_frames": None, "closed_in_silence": None,
-           "silent_frames": 0, "closed_level": None,
-           "measured_on": "the model's predicted lip gap (FM hook) against the speech's RMS per frame"}
-    if samples is None or opening.size < 3 or not np.isfinite(opening).any():
+
+def sync_measures(lip_gap: np.ndarray, samples: np.ndarray | None) -> dict:
+    """Gap–loudness correlation (best lag within ±5 frames) and the share of silent frames with the gap below its
+    closed level, of the model's predicted lip gap [T] driven by ``samples`` (16 kHz); ``score`` is the correlation.
+    Nulls when there is no sound or too few frames."""
+    from instag.audio.activity import silent_frames
+    from instag.metrics.lips import closed_in_silence, closed_level, lagged_correlation, speech_energy
+
+    gap = np.asarray(lip_gap, np.float64)
+    out = {"score": None, "lip_gap_loudness_corr": None, "lag_frames": None, "lip_gap_closed_in_silence": None,
+           "silent_frames": 0, "lip_gap_closed_level": None, "measured_on": LIP_GAP_MEASURE}
+    if samples is None or gap.size < 3 or not np.isfinite(gap).any():
         return out
-    corr, lag = lagged_correlation(opening, speech_energy(samples, opening.size))
-    silent = silent_frames(samples, opening.size)
-    level = closed_level(opening)
-    out.update(score=corr, opening_loudness_corr=corr, lag_frames=lag, silent_frames=int(silent.sum()),
-               closed_level=level, closed_in_silence=closed_in_silence(opening, silent, level))
+    corr, lag = lagged_correlation(gap, speech_energy(samples, gap.size))
+    silent = silent_frames(samples, gap.size)
+    level = closed_level(gap)
+    out.update(score=corr, lip_gap_loudness_corr=corr, lag_frames=lag, silent_frames=int(silent.sum()),
+               lip_gap_closed_level=level, lip_gap_closed_in_silence=closed_in_silence(gap, silent, level))
     return out
 
 
@@ -201,10 +210,14 @@ class SessionRecorder:
     """
 
     def __init__(self, model_path: str | Path, kind: str, *, audio_name: str | None = None, language: str | None = None,
-                 settings: dict | None = None, session_id: str | None = None):
+                 settings: dict | None = None, session_id: str | None = None, source_path: str | Path | None = None,
+                 output: str | Path | None = None, performance=None):
         if kind not in KINDS:
             raise ValueError(f"kind {kind!r}: expected one of {KINDS}")
         self.model_path = Path(model_path)
+        self.source_path = source_path
+        self.output = output
+        self.performance = performance  # a Performance: what was asked of the head, read when the record is made
         self.kind = kind
         self.id = session_id or new_id()
         self.audio_name = audio_name
@@ -238,10 +251,15 @@ class SessionRecorder:
             "pose": {key: _rounded(poses[:, k]) for k, key in enumerate(("yaw", "pitch", "roll", "x", "y", "z"))},
             "latency_ms": _rounded(np.asarray(self.latency_ms[:n], np.float64)),
         }
+        settings = dict(self.settings)
+        if self.performance is not None:
+            settings["performance"] = self.performance.asked()
         rec = {
             "type": "session", "id": self.id, "kind": self.kind, "started": self.started, "ended": now_iso(),
-            "model": {"path": str(self.model_path), "version": model_version(self.model_path)},
-            "audio": audio, "frames": int(n), "fps": FPS, "settings": self.settings,
+            "model": {"path": str(self.model_path), "version": model_version(self.model_path),
+                      "source_path": None if self.source_path is None else str(self.source_path)},
+            "output": None if self.output is None else str(self.output),
+            "audio": audio, "frames": int(n), "fps": FPS, "settings": settings,
             "per_frame": per_frame,
             "sync": sync_measures(opening, samples),
             "latency": latency_summary(self.latency_ms[:n], time.perf_counter() - self._t0),

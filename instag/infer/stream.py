@@ -175,7 +175,7 @@ class StreamConfig:
     chunk_ms: int = field(default=200, metadata={"help": "audio chunk length in ms"})
     realtime: bool = field(default=False, metadata={"help": "feed chunks at the speed of speech (else as fast as possible)"})
     output: str | None = field(default=None, metadata={"help": "output mp4 (default output/<ID>/inference/<audio name>_stream.mp4)"})
-    dilate: bool = field(default=False, metadata={"help": "dilate the mouth alpha 13x13 before compositing"})
+    dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha 13x13 before compositing, as upstream's scripts do"})
     reference_db: float | None = field(default=None, metadata={"help": "mel level reference in dB (default: measured on the first audio)"})
     lookahead_ms: float | None = field(default=None, metadata={
         "help": "emit frame i after i*40 ms + this much audio, unheard audio as silence (default: the features' whole look-ahead, 292 ms for mel and 323 ms for whisper: frames identical to offline)"})
@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if cfg.chunk_ms < 1 or cfg.batch < 1:
         raise InstagError("--chunk_ms and --batch must be at least 1")
-    performance = performance_from_options(cfg.performance, cfg.expression, cfg.blink, cfg.pose, cfg.au_csv)
+    performance = performance_from_options(cfg.performance, cfg.expression, cfg.blink, cfg.pose, cfg.au_csv,
+                                           cfg.source_path)
     pauses = cfg.pauses if cfg.pauses is not None else performance.pauses is not False
     out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}_stream.mp4"
     check_video_output(out)  # before any work
@@ -285,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                                          reference_db=cfg.reference_db, seed=cfg.seed, batch=cfg.batch,
                                          lookahead_ms=cfg.lookahead_ms, performance=performance, pauses=pauses,
                                          controls=controls)
+    notice = synth.director.unshowable(synth.model)
+    if notice:
+        print(f"instag stream: note: {notice}")
     events: queue.Queue | None = None
     if cfg.stdin_events:
         events = queue.Queue()
@@ -299,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         bar.update(1)
 
     session = SessionRecorder(cfg.model_path, "stream", audio_name=Path(cfg.audio).name, settings={
-        "chunk_ms": cfg.chunk_ms, "realtime": cfg.realtime, "lookahead_ms": cfg.lookahead_ms, "dilate": cfg.dilate})
+        "chunk_ms": cfg.chunk_ms, "realtime": cfg.realtime, "lookahead_ms": cfg.lookahead_ms, "dilate": cfg.dilate},
+        source_path=DatasetLayout.of(cfg.source_path).root, output=out, performance=synth.director.performance)
     with staging(out.parent) as tmp:  # the silent video lives there until its sound is muxed in
         silent = tmp / "video.mp4" if ffmpeg_exe() is not None else out
         with bar, VideoWriter(silent, fps=FPS) as writer:

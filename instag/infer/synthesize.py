@@ -10,7 +10,7 @@ writes ``output/<ID>/inference/<audio name>.mp4``:
   blinks on request, all in one ``--performance perf.json``; by default the training frames play forward then
   backward (ping-pong) for pose, torso, background and AUs, with generated blinks, and in pauses of the speech
   the mouth closes and the face relaxes (``--pauses false`` turns that off);
-- ``--dilate``: 13×13 dilation of the mouth alpha (METHOD §2.10); ``--full_frame``: paste the
+- ``--dilate`` (on by default; ``--dilate false`` turns it off): 13×13 dilation of the mouth alpha (METHOD §2.10); ``--full_frame``: paste the
   rendered crop back into the source video's framing (``crop.json``); ``--save_frames``: PNGs too.
 
 :func:`render_frames` is the one rendering path: the evaluation split (``instag evaluate``,
@@ -57,7 +57,7 @@ class SynthesizeConfig:
         "help": "extractor of the features (default: the one recorded in the model; a mismatch is refused)",
         "choices": tuple(AUDIO_EXTRACTORS)})
     output: str | None = field(default=None, metadata={"help": "output mp4 (default output/<ID>/inference/<audio name>.mp4)"})
-    dilate: bool = field(default=False, metadata={"help": "dilate the mouth alpha 13x13 before compositing (recommended)"})
+    dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha 13x13 before compositing, as upstream's scripts do"})
     full_frame: bool = field(default=False, metadata={"help": "paste the render back into the source video's framing (crop.json)"})
     save_frames: bool = field(default=False, metadata={"help": "also write every frame as PNG beside the video"})
     performance: str | None = field(default=None, metadata={
@@ -89,6 +89,9 @@ class SynthesizeConfig:
 
 
 # ---------------------------------------------------------------------------------------- planning
+VISIBLE_PX = 0.5  # an AU that moves no face Gaussian this far on screen has no visible effect
+
+
 @dataclass
 class Plan:
     """What drives each output frame: cameras, the frame index giving torso/background (and the
@@ -121,6 +124,28 @@ class Director:
     @property
     def performance(self) -> Performance:
         return self.performer.performance
+
+    def unshowable(self, model) -> str | None:
+        """A one-line notice when ``model`` cannot show what the performance asks of the face (expressions, blinks,
+        an AU csv): the AUs that move no visible Gaussian by :data:`VISIBLE_PX` (probed with
+        :meth:`instag.model.talking_head.TalkingHead.au_response` on the clip's first camera); None when it can."""
+        import torch
+
+        asked = self.performer.requested_aus()
+        if not asked:
+            return None
+        moved = model.au_response(torch.from_numpy(np.asarray(self.performer.rest, np.float32)),
+                                  {name: value for name, (value, _) in asked.items()}, self.clip.frames[0].camera)
+        faint = [name for name, px in moved.items() if px < VISIBLE_PX]
+        if not faint:
+            return None
+        known = model.face_field.expression.columns
+        what = sorted({asked[name][1] for name in faint})
+        details = ", ".join(f"{name} {moved[name]:.2f} px" if name in known else f"{name} not in its AU condition"
+                            for name in faint)
+        return (f"this model cannot show the requested {', '.join(what)}: the face barely moves for them ({details}; "
+                f"visible from {VISIBLE_PX:g} px); expressions and blinks need a pre-training whose face field learnt "
+                "the AUs (the default recipe on many identities, not the CPU recipe's tiny one)")
 
     def plan(self, start: int, stop: int, silent: np.ndarray | None = None) -> Plan:
         """Plan of output frames ``start..stop-1``; ``silent`` [>= stop] pause flags from frame 0 (None: no pauses)."""
@@ -361,7 +386,8 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     frames_dir = out.with_suffix("") if cfg.save_frames else None
     if frames_dir is not None:  # before any work: a folder instag did not write is never replaced
         check_replaceable(frames_dir, frames_contents(out))
-    performance = performance_from_options(cfg.performance, cfg.expression, cfg.blink, cfg.pose, cfg.au_csv)
+    performance = performance_from_options(cfg.performance, cfg.expression, cfg.blink, cfg.pose, cfg.au_csv,
+                                           cfg.source_path)
     layout = DatasetLayout.of(cfg.source_path)
     model = load_model(cfg.model_path, cfg.audio_extractor, cfg.device, source=layout.root)
     extractor = model.audio_extractor
@@ -375,6 +401,9 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     pauses = cfg.pauses if cfg.pauses is not None else performance.pauses is not False
     arm, controls = resolve(cfg.model_path, cfg.delivery, Controls(cfg.mouth_scale, cfg.smoothing, cfg.expression_intensity), log)
     director = Director(clip, performance, cfg.seed, pauses, controls)
+    notice = director.unshowable(model)
+    if notice:
+        log(f"instag synthesize: note: {notice}")
     mouth = mouth_scaler(model, clip, controls)
     silent = pause_flags(info, num_frames) if pauses else None
     if pauses and silent is None:
@@ -390,7 +419,8 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
     render_time = [0.0]
     bar = tqdm(total=num_frames, desc="synthesize", unit="frame", file=sys.stderr, disable=cfg.quiet)
     session = SessionRecorder(cfg.model_path, "synthesize", audio_name=Path(cfg.audio).name,
-                              settings={"dilate": cfg.dilate, "seed": cfg.seed, "batch": cfg.batch})
+                              settings={"dilate": cfg.dilate, "seed": cfg.seed, "batch": cfg.batch},
+                              source_path=layout.root, output=out, performance=director.performance)
     lip_gap: list[float] = []
 
     def frames() -> Iterator[np.ndarray]:

@@ -61,13 +61,15 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}{TEMP_MARK}", suffix=suffix or target.suffix or ".tmp", dir=parent)
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs follow the umask like any other file
         os.close(fd)
     except OSError as err:
         raise InstagError(f"cannot write {target}: {err.strerror or err}; check the folder exists and is writable") from err
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp makes 0600 files, and writers that recreate the file (safetensors) keep 0600: outputs follow the
+        # umask like any other file, whoever wrote the temporary
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     except OSError as err:
         tmp.unlink(missing_ok=True)

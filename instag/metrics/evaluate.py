@@ -34,6 +34,7 @@ from instag.config import parse
 from instag.data.format import AUDIO_SAMPLE_RATE, FPS, DatasetLayout
 from instag.errors import InstagError
 from instag.metrics import SequenceMetrics
+from instag.metrics.lips import lagged_correlation, speech_energy
 from instag.metrics.report import format_table, plot_series, side_by_side, write_metrics
 
 if TYPE_CHECKING:  # torch loads in the functions that use it, so that `instag evaluate --help` answers at once
@@ -412,28 +413,6 @@ def silence_metrics(layout: DatasetLayout, audio: np.ndarray | None, audio_index
     silent = silent_frames(audio, int(max(index.max() + 1, len(audio) // SAMPLES_PER_FRAME)))[index]
     return {"closed_level": level, "silent_frames": int(silent.sum()),
             "closed_in_silence": {name: closed_in_silence(series, silent, level) for name, series in openings.items()}}
-
-
-def speech_energy(samples: np.ndarray, num_frames: int) -> np.ndarray:
-    """Per-frame speech loudness [T]: RMS of 16 kHz samples in a 40-ms window centred on each frame (silence past
-    the end of the audio)."""
-    from instag.audio.activity import centred_windows
-
-    windows = centred_windows(samples, num_frames, SAMPLES_PER_FRAME)
-    return np.sqrt((windows**2).mean(axis=1))
-
-
-def lagged_correlation(a: np.ndarray, b: np.ndarray, max_lag: int = 5) -> tuple[float, int]:
-    """Largest Pearson correlation of ``a[t]`` with ``b[t - lag]`` over |lag| <= max_lag, and that lag."""
-    from instag.metrics.lips import pearson
-
-    best, best_lag = -2.0, 0
-    for lag in range(-max_lag, max_lag + 1):
-        x, y = (a[lag:], b[: len(b) - lag]) if lag >= 0 else (a[:lag], b[-lag:])
-        r = pearson(x, y) if len(x) > 2 else 0.0
-        if r > best:
-            best, best_lag = r, lag
-    return best, best_lag
 
 
 def lip_report(video: str | Path, out_dir: str | Path | None = None, log=print, progress: bool = True,

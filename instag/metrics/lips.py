@@ -8,6 +8,8 @@
   variance.
 - **mouth_amp**: standard deviation of the predicted opening over that of the ground truth on the same
   frames (a muted mouth scores low even when its timing is right).
+- **opening–loudness correlation**: :func:`lagged_correlation` of an opening series with
+  :func:`speech_energy`, the best lag within ±5 frames (for speech with no ground truth; information only).
 - **closed_in_silence**: the share of the driving audio's silent frames (:mod:`instag.audio.activity`:
   200 ms all 30 dB below the clip's loud speech) whose opening is below the clip's closed-mouth level;
   that level is :func:`closed_level` of the person's own (ground-truth) openings: a quarter of the way
@@ -123,3 +125,24 @@ def closed_in_silence(opening: np.ndarray, silent: np.ndarray, level: float) -> 
     if v.size == 0 or not math.isfinite(level):
         return math.nan
     return float((v < level).mean())
+
+
+def speech_energy(samples: np.ndarray, num_frames: int) -> np.ndarray:
+    """Per-frame speech loudness [T]: RMS of 16 kHz samples in a 40-ms window centred on each frame (silence past
+    the end of the audio)."""
+    from instag.audio.activity import centred_windows
+    from instag.data.format import AUDIO_SAMPLE_RATE, FPS
+
+    windows = centred_windows(samples, num_frames, AUDIO_SAMPLE_RATE // FPS)
+    return np.sqrt((windows**2).mean(axis=1))
+
+
+def lagged_correlation(a: np.ndarray, b: np.ndarray, max_lag: int = 5) -> tuple[float, int]:
+    """Largest Pearson correlation of ``a[t]`` with ``b[t - lag]`` over |lag| <= max_lag, and that lag."""
+    best, best_lag = -2.0, 0
+    for lag in range(-max_lag, max_lag + 1):
+        x, y = (a[lag:], b[: len(b) - lag]) if lag >= 0 else (a[:lag], b[-lag:])
+        r = pearson(x, y) if len(x) > 2 else 0.0
+        if r > best:
+            best, best_lag = r, lag
+    return best, best_lag

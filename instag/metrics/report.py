@@ -114,14 +114,17 @@ def write_metrics(path: str | Path, metrics: dict) -> Path:
 def format_table(rows: dict[str, dict], keys: tuple[str, ...] = ("psnr", "ssim", "face_psnr", "face_ssim", "lmd",
                                                                  "mouth_corr", "mouth_amp", "closed_in_silence", "lpips", "sync_c", "sync_e",
                                                                  "aue", "aue_lower", "aue_upper")) -> str:
-    """A plain-text table: one row per run (``ours``, ``static``), one column per metric present."""
+    """A plain-text table: one row per run (``ours``, ``static``), one column per metric present; each column at
+    least two characters wider than its name, so that neighbouring names never run together."""
     cols = [k for k in keys if any(r.get(k) is not None for r in rows.values())]
-    head = f"{'':<8}" + "".join(f"{k:>11}" for k in cols)
-    lines = [head]
+    widths = [max(11, len(k) + 2) for k in cols]
+    name_width = max([8, *(len(n) + 1 for n in rows)])
+    lines = [f"{'':<{name_width}}" + "".join(f"{k:>{w}}" for k, w in zip(cols, widths))]
     for name, r in rows.items():
         cells = []
-        for k in cols:
+        for k, w in zip(cols, widths):
             v = r.get(k)
-            cells.append(f"{'-':>11}" if v is None else f"{v:>11.4f}" if isinstance(v, float) and math.isfinite(v) else f"{str(v):>11}")
-        lines.append(f"{name:<8}" + "".join(cells))
+            cells.append(f"{'-':>{w}}" if v is None else f"{v:>{w}.4f}" if isinstance(v, float) and math.isfinite(v)
+                         else f"{str(v):>{w}}")
+        lines.append(f"{name:<{name_width}}" + "".join(cells))
     return "\n".join(lines)

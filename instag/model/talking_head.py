@@ -230,6 +230,29 @@ class TalkingHead(nn.Module):
         return {"image": image.clamp(0, 1), "face_alpha": rf.alpha, "mouth_alpha": rm.alpha, "lip_gap": hook[:, 2]}
 
     @torch.no_grad()
+    def au_response(self, rest: Tensor, targets: dict[str, float], camera: Camera) -> dict[str, float]:
+        """How far each AU of ``targets`` (name -> value) moves the face on screen when it goes there from ``rest``
+        (the AU condition ``[AU_DIM]`` in :data:`instag.data.format.EXPRESSION_AUS` order), silence driving the
+        audio: the largest displacement of a visible face Gaussian, in pixels of ``camera``. An AU that the face
+        field's condition lacks (a model of the six-AU era) moves nothing: 0."""
+        from instag.data.format import EXPRESSION_AUS
+
+        dev = self.device
+        names = list(targets)
+        au = rest.to(dev, torch.float32)[None].repeat(len(names) + 1, 1)
+        for k, name in enumerate(names, 1):
+            au[k, EXPRESSION_AUS.index(name)] = float(targets[name])
+        silence = self.face_field.audio(torch.zeros(1, 8, *self.item_shape, device=dev))
+        means = self.deform_face(silence.expand(len(names) + 1, -1), au, align=self.align).means  # [B,N,3]
+        w2c = camera.world_to_camera.to(dev, torch.float32)
+        depth = (means[0] @ w2c[:3, :3].T + w2c[:3, 3])[:, 2].clamp_min(camera.near)  # [N]
+        visible = self.face.opacities > 0.05
+        shift = (means[1:] - means[:1]).norm(dim=-1) * (max(camera.fx, camera.fy) / depth)[None]  # [B-1,N] px
+        shift = torch.where(visible[None], shift, torch.zeros_like(shift))
+        known = self.face_field.expression.columns
+        return {name: float(shift[k].max()) if name in known and shift.shape[1] else 0.0 for k, name in enumerate(names)}
+
+    @torch.no_grad()
     def render_frame(
         self, camera: Camera, audio_window: Tensor, au_exp: Tensor, background: Tensor, dilate: bool = False
     ) -> dict[str, Tensor]:
@@ -317,13 +340,17 @@ class TalkingHead(nn.Module):
         model_dir = Path(model_dir)
         path = model_dir / f"{name}.safetensors"
         if not path.exists():
-            raise InstagError(
-                f"no trained model at {path}; run adaptation first (bash scripts/train_xx_few.sh data/<ID> {model_dir} 0)"
-            )
+            if source is not None:
+                check_not_swapped(source, model_dir)
+            raise InstagError(f"no trained model at {path}; adapt one first: {adapt_command(model_dir, source)}")
+        if source is not None:  # before check_source_clip can say anything about it
+            from instag.data.format import DatasetLayout
+
+            DatasetLayout.of(source).require()
         tensors, meta = load_tensors(path)
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise InstagError(f"{path} is not an instag talking-head checkpoint (format {meta.get('format')!r})")
-        meta_path, hint = path.with_suffix(".json"), f"re-run adaptation (bash scripts/train_xx_few.sh <data> {model_dir} 0)"
+        meta_path, hint = path.with_suffix(".json"), f"adapt it again: {adapt_command(model_dir, source, meta)}"
         check_type(meta_path, meta.get("audio_extractor"), "audio_extractor", str, hint)
         item_shape = check_type(meta_path, meta.get("item_shape"), "item_shape", list, hint)
         if len(item_shape) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item_shape):
@@ -344,8 +371,7 @@ class TalkingHead(nn.Module):
             head = cls.from_state(tensors, meta)
         except (RuntimeError, KeyError, ValueError) as err:
             raise InstagError(
-                f"{path} does not fit this version's model ({' '.join(str(err).split())[:200]}); re-run adaptation "
-                f"(bash scripts/train_xx_few.sh <data> {model_dir} 0)"
+                f"{path} does not fit this version's model ({' '.join(str(err).split())[:200]}); {hint}"
             ) from err
         dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return head.to(dev).eval()
@@ -392,6 +418,31 @@ def source_clip(root: str | Path) -> dict:
     except (OSError, ValueError, AttributeError):
         pass
     return {"path": str(Path(root).resolve()), "fingerprint": fingerprint if isinstance(fingerprint, str) else None}
+
+
+def adapt_command(model_dir: str | Path, source: str | Path | None = None, meta: dict | None = None) -> str:
+    """The command that adapts the model of ``model_dir``, as the README's recipe does: on ``source`` (or the clip
+    ``meta`` records), from the pre-training ``meta`` records when that folder is still there."""
+    meta = meta if isinstance(meta, dict) else {}
+    clip = source if source is not None else meta.get("source_path")
+    command = f"instag adapt -S {clip if isinstance(clip, (str, Path)) else 'data/<ID>'} -M {model_dir}"
+    pretrain = meta.get("pretrain_path")
+    if isinstance(pretrain, str) and Path(pretrain).exists():
+        command += f" --pretrain_path {pretrain}"
+    return command
+
+
+def is_model_folder(folder: str | Path) -> bool:
+    return (Path(folder) / f"{FUSED}.safetensors").is_file()
+
+
+def check_not_swapped(source: str | Path, model_dir: str | Path) -> None:
+    """Refuse -S and -M given the wrong way round: ``model_dir`` a processed clip and ``source`` a model folder."""
+    from instag.data.format import DatasetLayout
+
+    if DatasetLayout.of(model_dir).transforms("train").exists() and is_model_folder(source):
+        raise InstagError(f"-S {source} is a trained model and -M {model_dir} a processed clip: they are swapped; give "
+                          f"-S {model_dir} -M {source}")
 
 
 def check_source_clip(meta_path: Path, meta: dict, root: str | Path) -> None:

@@ -115,7 +115,7 @@ def read_au_csv(path: str | Path, required: tuple[str, ...] = REQUIRED) -> dict[
     refusing one that lacks a ``required`` column."""
     path = Path(path)
     if not path.exists():
-        raise InstagError(f"{path}: missing; run preprocessing (--task 11) or put OpenFace's csv there")
+        raise InstagError(f"{path} does not exist; give an OpenFace FeatureExtraction csv (or one instag process wrote)")
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh))

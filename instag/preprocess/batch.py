@@ -1,4 +1,5 @@
-"""``instag process <folder of videos> --out data/pretrain``: every video of a folder into ``<out>/<name>/``.
+"""``instag process``: one video into ``data/<ID>/`` (:func:`instag.preprocess.pipeline.run`), or with
+``instag process <folder of videos> --out data/pretrain`` every video of a folder into ``<out>/<name>/``.
 
 Several processes share the videos: ``--workers N`` starts N, or torchrun starts them
 (``torchrun --nproc_per_node N -m instag process data/videos --out data/pretrain``, each process one
@@ -226,3 +227,26 @@ def _summary(records: list[dict], prefix: str = "") -> int:
           + (f"; failed: {', '.join(Path(r['video']).name for r in failed)} (run the same command again to retry "
              "them; the others are skipped)" if failed else ""), flush=True)
     return 2 if failed else 0
+
+
+def _positional(argv: list[str] | None) -> list[str]:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and not args[0].startswith("-"):
+        return ["--path", *args]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``instag process VIDEO`` or ``instag process FOLDER``."""
+    from instag.config import parse
+    from instag.preprocess.pipeline import ProcessConfig, run
+
+    cfg = parse(ProcessConfig, _positional(argv), prog="instag process")
+    if Path(cfg.path).is_dir():
+        return run_batch(cfg)
+    meta = run(cfg)
+    steps = meta.get("steps", {})
+    total = sum(s.get("seconds", 0.0) for s in steps.values())
+    print(f"instag process: {meta.get('num_frames', 0)} frames ready in {Path(cfg.out or Path(cfg.path).parent)} "
+          f"({total:.1f} s of steps)")
+    return 0

@@ -36,7 +36,6 @@ import hashlib
 import json
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +44,6 @@ from pathlib import Path
 import numpy as np
 
 from instag.audio.registry import EXTRACTORS as AUDIO_EXTRACTORS
-from instag.config import parse
 from instag.data import maps
 from instag.data.format import AUDIO_FEATURE_FILES, AUDIO_SAMPLE_RATE, FPS, DatasetLayout
 from instag.errors import InstagError
@@ -383,13 +381,6 @@ def well_formed_meta(meta: dict) -> bool:
     return len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
 
 
-def _positional(argv: list[str] | None) -> list[str]:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and not args[0].startswith("-"):
-        return ["--path", *args]
-    return args
-
-
 FINGERPRINT_BYTES = 1 << 20
 FILE_FACTS = ("bytes", "fingerprint")  # absent from meta.json files written before they were recorded
 
@@ -548,17 +539,3 @@ def _remove_new(root: Path, before: set[Path], fresh_root: bool) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse(ProcessConfig, _positional(argv), prog="instag process")
-    if Path(cfg.path).is_dir():
-        from instag.preprocess.batch import run_batch
-
-        return run_batch(cfg)
-    meta = run(cfg)
-    steps = meta.get("steps", {})
-    total = sum(s.get("seconds", 0.0) for s in steps.values())
-    print(f"instag process: {meta.get('num_frames', 0)} frames ready in {Path(cfg.out or Path(cfg.path).parent)} "
-          f"({total:.1f} s of steps)")
-    return 0

@@ -3,8 +3,8 @@
 The person uploads a WAV or speaks into the microphone; the server drives the chunked streaming path
 (:class:`instag.infer.stream.StreamSynthesizer`) with that speech and sends each frame over a WebSocket as soon as
 it is rendered; the page plays the speech and shows frame ``i`` when the sound reaches ``i / 25`` s, so picture
-and sound stay in sync whatever the network or rendering jitter (a frame that comes too late is skipped, never
-shown out of time). Every answer is logged (:mod:`instag.infer.sessionlog`) and the page asks for a thumbs up or
+and sound stay in sync whatever the network or rendering jitter (a frame that arrives after its 1/25-s moment is
+left out, never shown behind the sound; the page counts the frames it showed). Every answer is logged (:mod:`instag.infer.sessionlog`) and the page asks for a thumbs up or
 down with an optional note, logged beside it.
 
 HTTP API (JSON errors: ``{"error": "..."}`` with 400, 404, 413 or 415):
@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shlex
 import struct
 import sys
 import tempfile
@@ -69,7 +70,7 @@ class ServeConfig:
     chunk_ms: int = field(default=200, metadata={"help": "audio fed to the streaming synthesizer per step, in ms"})
     lookahead_ms: float = field(default=100.0, metadata={
         "help": "emit frame i after i*40 ms + this much audio (-1: 292 ms, the frames of offline synthesis)"})
-    dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha 13x13 before compositing"})
+    dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha 13x13 before compositing, as upstream's scripts do"})
     batch: int = field(default=4, metadata={"help": "largest number of frames rendered at once"})
     jpeg_quality: int = field(default=85, metadata={"help": "JPEG quality of the frames sent (1-100)"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
@@ -95,7 +96,7 @@ class Avatar:
 
         self.cfg = cfg
         root = DatasetLayout.of(cfg.source_path).root
-        self.model = load_model(cfg.model_path, None, cfg.device)
+        self.model = load_model(cfg.model_path, None, cfg.device, source=root)
         self.clip = load_clip(root, "train", self.model.audio_extractor)
         cam = self.clip.frames[0].camera
         self.size = (cam.width, cam.height)
@@ -161,8 +162,9 @@ def decode_upload(data: bytes, name: str, max_seconds: float) -> np.ndarray:
     from instag.io.wav import load_audio_16k_mono
 
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise UploadRefused(415, f"{name} is not a WAV file (it starts with {data[:12]!r}); upload a RIFF/WAVE file "
-                                 "(e.g. ffmpeg -i speech.mp3 -ar 16000 speech.wav), or use the microphone")
+        raise UploadRefused(415, f"{name} is not a WAV file ({file_kind(data)}); convert it to WAV first (ffmpeg -i "
+                                 f"{shlex.quote(name)} -ar 16000 {shlex.quote(Path(name).stem + '.wav')}) and upload "
+                                 "that, or use the microphone")
     with tempfile.TemporaryDirectory(prefix="instag-upload-") as tmp:
         path = Path(tmp) / "upload.wav"
         path.write_bytes(data)
@@ -176,6 +178,24 @@ def decode_upload(data: bytes, name: str, max_seconds: float) -> np.ndarray:
     if samples.shape[0] < AUDIO_SAMPLE_RATE // FPS:
         raise UploadRefused(400, f"{name} is too short to drive a single frame ({seconds * 1000:.0f} ms; a frame is 40 ms)")
     return samples
+
+
+# leading bytes of the audio formats people upload instead of a WAV
+SIGNATURES = ((b"ID3", "an MP3 file"), (b"\xff\xfb", "an MP3 file"), (b"\xff\xf3", "an MP3 file"), (b"\xff\xf2", "an MP3 file"),
+              (b"OggS", "an Ogg file"), (b"fLaC", "a FLAC file"), (b"\x1aE\xdf\xa3", "a WebM/Matroska file"),
+              (b"\xff\xf1", "an AAC file"), (b"\xff\xf9", "an AAC file"), (b"RIFF", "a RIFF file but not WAVE"))
+
+
+def file_kind(data: bytes) -> str:
+    """What the first bytes of an upload say it is, in words (never the raw bytes)."""
+    for magic, kind in SIGNATURES:
+        if data.startswith(magic):
+            return f"it is {kind}"
+    if data[4:8] == b"ftyp":
+        return "it is an MP4/M4A file"
+    if len(data) < 12:
+        return f"it holds only {len(data)} bytes"
+    return "its first bytes are " + " ".join(f"{b:02x}" for b in data[:8]) + ", no known audio format"
 
 
 class UploadRefused(Exception):
@@ -202,7 +222,9 @@ class Answer:
         self.session = SessionRecorder(cfg.model_path, "serve", audio_name=name, language=language, session_id=self.id,
                                        settings={"speech": kind, "chunk_ms": cfg.chunk_ms, "lookahead_ms": cfg.lookahead_ms,
                                                  "dilate": cfg.dilate, "jpeg_quality": cfg.jpeg_quality,
-                                                 "delivery": settings_entry(arm, controls, None)})
+                                                 "delivery": settings_entry(arm, controls, None)},
+                                       source_path=DatasetLayout.of(cfg.source_path).root,
+                                       performance=self.synth.director.performance)
         self.total_frames = total_frames
         self.samples: list[np.ndarray] = []
         self.sent = 0

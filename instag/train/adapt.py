@@ -83,8 +83,9 @@ def _extractor(cfg: AdaptConfig) -> str:
     recorded = pretrained_extractor(cfg.pretrain_path)
     if recorded is None:
         folder = resolve_pretrain_dir(cfg.pretrain_path)
-        raise InstagError(f"no pre-trained checkpoint {folder / (universal_stem('face') + '.safetensors')}; run "
-                          "pre-training first (bash scripts/pretrain_con.sh data/pretrain output/pretrain_model 0) or fix --pretrain_path")
+        raise InstagError(f"no pre-trained checkpoint {folder / (universal_stem('face') + '.safetensors')}; pre-train "
+                          f"first (instag pretrain -S data/pretrain -M {folder}, data/pretrain holding processed clips of "
+                          "other people) or give --pretrain_path the pre-training folder")
     check_extractor({"audio_extractor": recorded}, cfg.audio_extractor, resolve_pretrain_dir(cfg.pretrain_path))
     return recorded
 
@@ -173,8 +174,8 @@ def _checkpoint_meta(cfg: AdaptConfig, extractor: str, item_shape: tuple) -> dic
     from instag.model.talking_head import source_clip
 
     return {"audio_extractor": extractor, "audio_features": feature_definition(extractor), "item_shape": list(item_shape),
-            "source_path": str(cfg.source_path),
-            "source_clip": source_clip(cfg.source_path), "N_views": cfg.N_views, "long": cfg.long, "preset": cfg.preset}
+            "source_path": str(cfg.source_path), "source_clip": source_clip(cfg.source_path), "N_views": cfg.N_views,
+            "long": cfg.long, "preset": cfg.preset, "pretrain_path": str(cfg.pretrain_path)}
 
 
 def _run_stages(cfg: AdaptConfig, clip, extractor: str, item_shape: tuple, iters: dict, stages: list[str], meta: dict,

@@ -3,7 +3,8 @@
 1. The model folder's versions (:mod:`instag.train.versions`) are started if needed (its checkpoint is ``v1``),
    with the fixed validation set: the validation split of ``-S`` (it must not change between refines).
 2. A new version continues adaptation from the current one: the adaptation stages (face, mouth, fuse: the
-   recipe of ``instag adapt``, at ``--preset`` size) run on each added processed clip in turn, every frame of it
+   recipe of ``instag adapt``, at the size of the preset the model was adapted with, or ``--preset``) run on each
+   added processed clip in turn, every frame of it
    (its train and val splits: the validation set is ``-S``'s); it is written to ``versions/<vN>/`` (staged in a
    hidden folder until complete, so a killed run leaves no half version).
 3. Both versions are scored on the same validation set (:func:`instag.metrics.evaluate.evaluate_model`: PSNR,
@@ -13,6 +14,10 @@
    them beyond the tolerances: PSNR by more than ``--psnr_tolerance`` dB, SSIM by more than ``--ssim_tolerance``,
    LMD by more than ``--lmd_tolerance`` px, mouth-opening correlation or logged sync score by more than
    ``--lip_tolerance``; a metric missing for either version (no face found, no logged speech) is not compared.
+   Every validation frame is scored, but a correlation over few frames is mostly noise (12 frames move it by 0.2
+   between versions that differ by chance): the mouth-opening correlation's tolerance is at least twice the spread
+   of its difference between the two versions over :data:`BOOTSTRAP` resamplings of the scored frames
+   (:func:`correlation_noise`), and the output says which tolerance was used, and so which margin decided.
    Otherwise it stays in ``versions/`` with its scores and the reason, and the current version keeps serving.
 
 ``instag versions output/<ID>`` lists the versions; ``instag versions output/<ID> --rollback v1`` goes back.
@@ -24,7 +29,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +40,8 @@ from instag.data.format import DatasetLayout
 from instag.errors import InstagError
 
 STAGE_ORDER = ("face", "mouth", "fuse")
+BOOTSTRAP = 1000  # resamplings of the scored frames that measure the noise of the mouth-opening correlation
+NOISE_SIGMAS = 2.0  # the mouth-opening correlation's tolerance is at least this many spreads of its difference
 
 
 @dataclass
@@ -44,7 +51,9 @@ class RefineConfig:
     source_path: str = field(metadata={"flags": ("-S", "-s"), "help": "the processed clip the model was adapted on (its validation split scores every version)"})
     model_path: str = field(metadata={"flags": ("-M", "-m"), "help": "trained model folder output/<ID>"})
     add: list[str] = field(metadata={"help": "processed clips of more footage of the same person (instag process)"})
-    preset: str = field(default="default", metadata={"choices": ("default", "upstream", "tiny", "cpu"), "help": "stage lengths, as instag adapt's presets"})
+    preset: str | None = field(default=None, metadata={
+        "choices": ("default", "upstream", "tiny", "cpu"),
+        "help": "stage lengths, as instag adapt's presets (default: the preset the model was adapted with)"})
     iterations: int = field(default=0, metadata={"help": "face-stage iterations per added clip (0 = preset)"})
     mouth_iterations: int = field(default=0, metadata={"help": "mouth-stage iterations per added clip (0 = preset)"})
     fuse_iterations: int = field(default=0, metadata={"help": "fuse-stage iterations per added clip (0 = preset)"})
@@ -63,8 +72,8 @@ class RefineConfig:
 
 # ---------------------------------------------------------------------------------------- scoring
 def logged_sync(model_path: str | Path, version_dir: Path, limit: int, device: str) -> dict:
-    """Mean opening–loudness correlation (and closed_in_silence) of the version's predicted lip opening on the
-    speech of the latest ``limit`` distinct logged sessions."""
+    """Mean gap–loudness correlation (and share of pauses with the gap closed) of the version's predicted lip gap
+    (:func:`instag.infer.sessionlog.sync_measures`) on the speech of the latest ``limit`` distinct logged sessions."""
     import torch
 
     from instag.audio.windows import frame_windows
@@ -75,7 +84,7 @@ def logged_sync(model_path: str | Path, version_dir: Path, limit: int, device: s
 
     audios = logged_audio(model_path, limit) if limit > 0 else []
     if not audios:
-        return {"sync_score": None, "closed_in_silence": None, "speeches": 0}
+        return {"sync_score": None, "lip_gap_closed_in_silence": None, "speeches": 0}
     model = load_model(version_dir, None, device)
     scores, closed = [], []
     for _, wav in audios:
@@ -90,10 +99,10 @@ def logged_sync(model_path: str | Path, version_dir: Path, limit: int, device: s
         sync = sync_measures(torch.cat(gaps).numpy(), load_audio_16k_mono(wav))
         if sync["score"] is not None:
             scores.append(sync["score"])
-        if sync["closed_in_silence"] is not None and math.isfinite(sync["closed_in_silence"]):
-            closed.append(sync["closed_in_silence"])
+        if sync["lip_gap_closed_in_silence"] is not None and math.isfinite(sync["lip_gap_closed_in_silence"]):
+            closed.append(sync["lip_gap_closed_in_silence"])
     return {"sync_score": float(np.mean(scores)) if scores else None,
-            "closed_in_silence": float(np.mean(closed)) if closed else None, "speeches": len(audios)}
+            "lip_gap_closed_in_silence": float(np.mean(closed)) if closed else None, "speeches": len(audios)}
 
 
 def score_version(cfg: RefineConfig, version_dir: Path, device: str, log) -> dict:
@@ -103,11 +112,35 @@ def score_version(cfg: RefineConfig, version_dir: Path, device: str, log) -> dic
                          out_dir=version_dir / "eval", log=lambda *_: None, progress=not cfg.quiet)
     keys = ("psnr", "ssim", "lmd", "mouth_corr", "mouth_amp", "closed_in_silence")
     val = {k: _finite(res["ours"].get(k)) for k in keys}
+    openings = res.get("mouth_opening") or {}
     logged = logged_sync(cfg.model_path, version_dir, cfg.logged_audio, device)
     log(f"instag refine: {version_dir.name}: PSNR {_show(val['psnr'], 2)} dB, SSIM {_show(val['ssim'], 4)}, "
-        f"LMD {_show(val['lmd'])}, mouth corr {_show(val['mouth_corr'])}, sync on {logged['speeches']} logged "
-        f"speech(es) {_show(logged['sync_score'])}")
-    return {"validation": {**val, "frames": res["frames"]}, "logged_audio": logged}
+        f"LMD {_show(val['lmd'])}, mouth corr {_show(val['mouth_corr'])} on {res['frames']} validation frames; "
+        f"predicted lip gap-loudness corr on {logged['speeches']} logged speech(es) {_show(logged['sync_score'])}")
+    return {"validation": {**val, "frames": res["frames"],
+                           "mouth_opening": {"ours": openings.get("ours"), "truth": openings.get("ground truth")}},
+            "logged_audio": logged}
+
+
+def correlation_noise(old: dict, new: dict) -> float | None:
+    """The spread (std) of the difference between two versions' mouth-opening correlation over :data:`BOOTSTRAP`
+    resamplings of the frames both were scored on (``validation.mouth_opening``: per-frame openings of each version
+    and of the ground truth); None when either lacks them or the frames differ."""
+    from instag.metrics.lips import pearson
+
+    series = []
+    for scores in (old, new):
+        op = (scores.get("validation") or {}).get("mouth_opening") or {}
+        if not op.get("ours") or not op.get("truth"):
+            return None
+        series.append((np.array(op["ours"], np.float64), np.array(op["truth"], np.float64)))
+    (a, truth), (b, truth_b) = series
+    if a.shape != b.shape or truth.shape != truth_b.shape or a.shape != truth.shape or a.size < 3:
+        return None
+    rng = np.random.default_rng(0)  # the same resamplings for the same scores
+    picks = rng.integers(0, a.size, size=(BOOTSTRAP, a.size))
+    diffs = [pearson(b[k], truth[k]) - pearson(a[k], truth[k]) for k in picks]
+    return float(np.std(diffs))
 
 
 def _finite(v) -> float | None:
@@ -119,18 +152,42 @@ def _show(v, digits: int = 3) -> str:
 
 
 def guard(old: dict, new: dict, cfg: RefineConfig) -> tuple[bool, list[dict]]:
-    """(promote?, one check per compared metric): the new version must not be worse beyond the tolerances."""
+    """(promote?, one check per compared metric): the new version must not be worse beyond the tolerances; the
+    mouth-opening correlation's is at least :data:`NOISE_SIGMAS` times :func:`correlation_noise`."""
+    noise = correlation_noise(old, new)
+    lip_margin = max(cfg.lip_tolerance, NOISE_SIGMAS * noise) if noise is not None else cfg.lip_tolerance
     rules = [("validation", "psnr", +1, cfg.psnr_tolerance), ("validation", "ssim", +1, cfg.ssim_tolerance),
-             ("validation", "lmd", -1, cfg.lmd_tolerance), ("validation", "mouth_corr", +1, cfg.lip_tolerance),
+             ("validation", "lmd", -1, cfg.lmd_tolerance), ("validation", "mouth_corr", +1, lip_margin),
              ("logged_audio", "sync_score", +1, cfg.lip_tolerance)]
     checks = []
     for group, key, sign, tol in rules:
         a, b = (old.get(group) or {}).get(key), (new.get(group) or {}).get(key)
         if a is None or b is None:
             continue
-        checks.append({"metric": key, "on": group, "old": a, "new": b, "tolerance": tol,
-                       "better": "higher" if sign > 0 else "lower", "ok": sign * (b - a) >= -tol})
+        check = {"metric": key, "on": group, "old": a, "new": b, "tolerance": tol,
+                 "better": "higher" if sign > 0 else "lower", "ok": sign * (b - a) >= -tol}
+        if key == "mouth_corr":
+            check["noise"] = noise
+            check["frames"] = (new.get(group) or {}).get("frames")
+        checks.append(check)
     return all(c["ok"] for c in checks), checks
+
+
+def describe_margin(checks: list[dict], cfg: RefineConfig) -> str | None:
+    """What decided the mouth-opening correlation's check, in words (None when it was not compared)."""
+    check = next((c for c in checks if c["metric"] == "mouth_corr"), None)
+    if check is None:
+        return None
+    frames = check.get("frames")
+    if check.get("noise") is None:
+        return f"mouth corr compared with --lip_tolerance {cfg.lip_tolerance:g} (no per-frame openings to measure its noise)"
+    noise_margin = NOISE_SIGMAS * check["noise"]
+    which = (f"the noise margin {noise_margin:.3f} ({NOISE_SIGMAS:g} x the spread {check['noise']:.3f} of the versions' "
+             f"difference over {BOOTSTRAP} resamplings of the {frames} scored frames), above --lip_tolerance "
+             f"{cfg.lip_tolerance:g}") if noise_margin > cfg.lip_tolerance else (
+             f"--lip_tolerance {cfg.lip_tolerance:g}, above the noise margin {noise_margin:.3f} measured on the {frames} "
+             "scored frames")
+    return f"mouth corr {check['old']:.3f} -> {check['new']:.3f} judged with {which}"
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -145,7 +202,7 @@ def continue_adaptation(cfg: RefineConfig, parent_dir: Path, work: Path, device,
 
     stages = stage_list(cfg.stages, STAGE_ORDER)
     preset = PRESETS[cfg.preset]
-    head = TalkingHead.load(parent_dir, device=device)
+    head = TalkingHead.load(parent_dir, device=device, source=cfg.source_path)
     extractor = head.audio_extractor
     max_side = preset["max_side"] if cfg.max_side < 0 else cfg.max_side
     iters = {s: getattr(cfg, "iterations" if s == "face" else f"{s}_iterations") or preset[s] for s in STAGE_ORDER}
@@ -170,6 +227,27 @@ def continue_adaptation(cfg: RefineConfig, parent_dir: Path, work: Path, device,
             head = identity.head
             log(f"instag refine: {clip.name}: {stage} stage done in {result.seconds:.1f} s")
     return head
+
+
+def recipe_preset(cfg: RefineConfig, parent_dir: Path, log) -> str:
+    """``--preset`` when given, else the preset the current version was adapted (or last refined) with, recorded in
+    its checkpoint; ``default`` for a model that records none."""
+    import json
+
+    from instag.train.adapt import PRESETS
+
+    if cfg.preset is not None:
+        log(f"instag refine: preset {cfg.preset} (--preset)")
+        return cfg.preset
+    try:
+        recorded = json.loads((parent_dir / "chkpnt_fuse_latest.json").read_text(encoding="utf-8")).get("preset")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded in PRESETS:
+        log(f"instag refine: preset {recorded}, the one {parent_dir.name} was made with (--preset to choose another)")
+        return recorded
+    log("instag refine: preset default: the model records none (--preset to choose another)")
+    return "default"
 
 
 def refine(cfg: RefineConfig, log=print) -> dict:
@@ -206,6 +284,7 @@ def refine(cfg: RefineConfig, log=print) -> dict:
         log(f"instag refine: scoring the current version {parent} on the validation set")
         parent_entry["scores"] = score_version(cfg, vdir / parent, str(device), log)
         save_registry(model_path, reg)
+    cfg = replace(cfg, preset=recipe_preset(cfg, vdir / parent, log))
     name = next_name(reg)
     staging = vdir / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)  # a killed refine's leftovers
@@ -223,6 +302,9 @@ def refine(cfg: RefineConfig, log=print) -> dict:
         raise
     scores = score_version(cfg, vdir / name, str(device), log)
     promote, checks = guard(parent_entry["scores"], scores, cfg)
+    margin = describe_margin(checks, cfg)
+    if margin:
+        log(f"instag refine: {margin}")
     failed = [c for c in checks if not c["ok"]]
     why = ("not worse than " + parent + " on " + ", ".join(c["metric"] for c in checks)) if promote else \
         "worse than " + parent + " beyond the tolerances: " + "; ".join(
@@ -231,7 +313,7 @@ def refine(cfg: RefineConfig, log=print) -> dict:
     entry = {"name": name, "created": now_iso(), "parent": parent, "added": [str(DatasetLayout.of(r).root) for r in cfg.add],
              "recipe": {"preset": cfg.preset, "stages": cfg.stages, "iterations": [cfg.iterations, cfg.mouth_iterations,
                                                                                     cfg.fuse_iterations]},
-             "scores": scores, "decision": {"promoted": promote, "why": why, "checks": checks},
+             "scores": scores, "decision": {"promoted": promote, "why": why, "checks": checks, "lip_margin": margin},
              "seconds": time.time() - t0}
     reg["versions"].append(entry)
     if promote:

@@ -101,8 +101,11 @@ def ensure_registry(model_path: str | Path, source_path: str | Path, now: str) -
         return reg
     missing = [name for name in FUSED_FILES if not (model_path / name).is_file()]
     if missing:
-        raise InstagError(f"{model_path / missing[0]} does not exist: refine continues a trained model; adapt one first "
-                          f"(bash scripts/train_xx_few.sh <data> {model_path} 0)")
+        from instag.model.talking_head import adapt_command, check_not_swapped
+
+        check_not_swapped(source_path, model_path)
+        raise InstagError(f"{model_path / missing[0]} does not exist: refine continues a trained model; adapt one first: "
+                          f"{adapt_command(model_path, source_path)}")
     first = versions_dir(model_path) / "v1"
     first.mkdir(parents=True, exist_ok=True)
     for name in FUSED_FILES:
@@ -177,8 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse(VersionsConfig, args, prog="instag versions")
     reg = load_registry(cfg.model_path)
     if reg is None:
-        raise InstagError(f"{versions_dir(cfg.model_path) / REGISTRY} does not exist: {cfg.model_path} has no versions yet "
-                          "(instag refine starts them)")
+        model = Path(cfg.model_path)
+        missing = [name for name in FUSED_FILES if not (model / name).is_file()]
+        if missing:
+            raise InstagError(f"{model / missing[0]} does not exist: {model} is not a trained model folder (instag adapt "
+                              "makes one)")
+        if cfg.rollback:
+            raise InstagError(f"{model} has no versions yet, so there is none to roll back to; instag refine starts them")
+        print(f"instag versions: {model} has no versions yet: its own checkpoint is the only one (instag refine -S "
+              f"data/<ID> -M {model} --add <more footage> keeps it as v1 and adds v2)")
+        return 0
     if cfg.rollback:
         entry = version_entry(reg, cfg.rollback)
         previous = reg.get("current")
