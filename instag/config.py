@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import shlex
 import types
 import typing
 from typing import Any, TypeVar
@@ -60,12 +61,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         tp, optional = _unwrap_optional(hints[f.name])
         flags = [f"--{f.name}", *f.metadata.get("flags", ())]
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = dataclasses.MISSING
+        default = _field_default(f)
         kwargs: dict[str, Any] = {"help": _with_default(f.metadata.get("help", ""), default), "dest": f.name}
         if default is dataclasses.MISSING:
             kwargs["required"] = True
@@ -98,3 +94,30 @@ def parse(cls: type[T], argv: list[str] | None, prog: str | None = None, descrip
         if typing.get_origin(typing.get_type_hints(cls)[f.name]) is tuple and f.name in values:
             values[f.name] = tuple(values[f.name])
     return cls(**values)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def command_line(prog: str, cfg: Any, **changes: Any) -> str:
+    """The shell command ``prog`` (e.g. "instag adapt") with the flags that :func:`parse` turns into ``cfg``
+    with ``changes`` applied (e.g. ``resume=True``): every field that differs from its default."""
+    args: list[str] = []
+    for f in dataclasses.fields(cfg):
+        if not f.init or f.metadata.get("cli") is False:
+            continue
+        value = changes.get(f.name, getattr(cfg, f.name))
+        if value is None or value == _field_default(f):
+            continue
+        if isinstance(value, bool):
+            args += [f"--{f.name}"] if value else [f"--{f.name}", "false"]
+        elif isinstance(value, (list, tuple)):
+            args += [f"--{f.name}", *map(str, value)]
+        else:
+            args += [f"--{f.name}", str(value)]
+    return shlex.join([*prog.split(), *args])

@@ -184,7 +184,15 @@ def _run_stages(cfg: AdaptConfig, clip, extractor: str, item_shape: tuple, iters
     from instag.model.talking_head import TalkingHead
     from instag.train.checkpoint import load_universal
     from instag.train.engine import Identity
-    from instag.train.run import INCOMPLETE, earlier_stages, remaining_seconds, run_stage, stage_done, stage_entry
+    from instag.train.run import (
+        INCOMPLETE,
+        earlier_stages,
+        remaining_seconds,
+        run_stage,
+        stage_done,
+        stage_entry,
+        stopped,
+    )
     from instag.train.validation import Validator, progress_video
 
     out = Path(cfg.model_path)
@@ -223,7 +231,7 @@ def _run_stages(cfg: AdaptConfig, clip, extractor: str, item_shape: tuple, iters
 
         result, _ = run_stage(scfg, [identity], device, out, f"train_{stage}", meta, cfg.resume, on_save, workers,
                               remaining_seconds(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet,
-                              save_seconds=cfg.checkpoint_seconds, validator=validator)
+                              save_seconds=cfg.checkpoint_seconds, validator=validator, stop_on_signal=True)
         head = identity.head
         if result.complete and validator is not None and validator.keep_best:
             head = _load_head(out, product, device)  # the selected checkpoint, which the next stage starts from
@@ -231,8 +239,8 @@ def _run_stages(cfg: AdaptConfig, clip, extractor: str, item_shape: tuple, iters
         summary["stages"][stage] = stage_entry(summary["stages"].get(stage), result, scfg.iterations,
                                                gaussians=[head.face.num_points, head.mouth.num_points], **extra)
         write_json(out / "adapt_log.json", summary)
-        if not result.complete:
-            log(f"instag adapt: stopped at {stage} iteration {result.iteration}/{scfg.iterations}; continue with --resume")
+        if not result.complete or result.stop_signal is not None:
+            log(f"instag adapt: stopped (--stop_after): {stopped('instag adapt', cfg, result, stage, scfg.iterations, out)}")
             return INCOMPLETE
         log(f"instag adapt: {stage} stage done in {result.seconds:.1f} s ({head.face.num_points} face / {head.mouth.num_points} mouth Gaussians)"
             + (f"; validation {extra['val_seconds']:.1f} s" if extra else ""))

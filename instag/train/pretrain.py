@@ -122,6 +122,7 @@ def _pretrain(cfg: PretrainConfig, log, world, device) -> int:
         set_seed,
         stage_done,
         stage_entry,
+        stopped,
     )
 
     t_start = time.time()
@@ -192,15 +193,15 @@ def _pretrain(cfg: PretrainConfig, log, world, device) -> int:
 
         result, _ = run_stage(scfg, identities, device, out, stem, meta, cfg.resume, on_save, workers,
                               remaining_seconds(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet,
-                              save_seconds=cfg.checkpoint_seconds, world=world)
+                              save_seconds=cfg.checkpoint_seconds, world=world, stop_on_signal=True)
         timings[stage] = result.seconds
         summary["stages"][stage] = stage_entry(summary["stages"].get(stage), result, scfg.iterations)
         if world.is_main:
             write_json(out / "pretrain_log.json", summary)
         world.barrier()  # the next stage reads what the first process wrote
-        if not result.complete:
-            log(f"instag pretrain: stopped at {stage} iteration {result.iteration}/{scfg.iterations} after "
-                f"{result.seconds:.0f} s; continue with --resume")
+        if not result.complete or result.stop_signal is not None:
+            note = stopped("instag pretrain", cfg, result, stage, scfg.iterations, out, world)
+            log(f"instag pretrain: stopped (--stop_after) after {result.seconds:.0f} s: {note}")
             return INCOMPLETE
         log(f"instag pretrain: {stage} stage done ({scfg.iterations} iterations, {result.seconds:.0f} s)")
     log(f"instag pretrain: wrote {out}/chkpnt_ema_face_latest.safetensors and chkpnt_ema_mouth_latest.safetensors "
