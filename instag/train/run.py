@@ -211,6 +211,10 @@ def run_stage(
     trainer = Trainer(cfg, identities, device, lip_head=lip_head, num_workers=workers, seed=seed, log=logger, world=world)
     if optim is not None:
         load_optim_state(trainer, optim, ema)
+    if cfg.note:  # on stdout: what the recipe leaves out is no error
+        trainer.notes.append(cfg.note)
+        if world.is_main and not ended:
+            print(f"instag: {cfg.mode} {cfg.stage}: {cfg.note}", flush=True)
     if validator is not None:
         validator.begin(start, logger.writer)
 
