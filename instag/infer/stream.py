@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     performance = performance_from_options(cfg.performance, cfg.expression, cfg.blink, cfg.pose, cfg.au_csv)
     pauses = cfg.pauses if cfg.pauses is not None else performance.pauses is not False
     out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}_stream.mp4"
-    check_video_output(out)  # before any work
+    check_video_output(out, inputs={"--audio": cfg.audio, "--performance": cfg.performance, "--au_csv": cfg.au_csv,
+                                    "--pose": cfg.pose})  # before any work
     arm, controls = resolve(cfg.model_path, cfg.delivery, Controls(cfg.mouth_scale, cfg.smoothing, cfg.expression_intensity))
     samples = load_audio_16k_mono(cfg.audio)
     num_frames = frame_count(samples.shape[0])

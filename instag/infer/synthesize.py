@@ -357,7 +357,8 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
 
     t_start = time.perf_counter()
     out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}.mp4"
-    check_video_output(out)  # before any work, like the frames folder below
+    check_video_output(out, inputs={"--audio": cfg.audio, "--performance": cfg.performance, "--au_csv": cfg.au_csv,
+                                    "--pose": cfg.pose})  # before any work, like the frames folder below
     frames_dir = out.with_suffix("") if cfg.save_frames else None
     if frames_dir is not None:  # before any work: a folder instag did not write is never replaced
         check_replaceable(frames_dir, frames_contents(out))

@@ -503,6 +503,11 @@ def main(argv: list[str] | None = None) -> int:
         for p in (cfg.pred, cfg.gt):
             if not Path(p).is_file():
                 raise InstagError(f"video {p} does not exist")
+        if cfg.out:
+            from instag.io.atomic import check_output
+
+            check_output(cfg.out, "--out", (".json",), {"--pred": cfg.pred, "--gt": cfg.gt, "--pred_au_csv": cfg.pred_au_csv,
+                                                        "--gt_au_csv": cfg.gt_au_csv})
         evaluate_videos(cfg.pred, cfg.gt, pred_au_csv=cfg.pred_au_csv, gt_au_csv=cfg.gt_au_csv, out=cfg.out, device=cfg.device,
                         progress=not cfg.quiet)
         return 0
