@@ -33,7 +33,7 @@ class FeaturesConfig:
     weights: str | None = field(
         default=None, metadata={"help": "weights file/dir or model id (non-default extractors)"}
     )
-    num_frames: int | None = field(default=None, metadata={"help": "make exactly this many 25-FPS rows"})
+    num_frames: int | None = field(default=None, metadata={"min": 1, "help": "make exactly this many 25-FPS rows"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available)"})
 
 

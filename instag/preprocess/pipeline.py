@@ -81,10 +81,10 @@ class ProcessConfig:
     teeth: str = field(default="color", metadata={"help": "teeth masks: colour rule, or EasyPortrait (needs its weights)",
                                                   "choices": ("color", "easyportrait")})
     au_csv: str | None = field(default=None, metadata={"help": "use this OpenFace csv as au.csv instead of estimating AUs"})
-    max_face_gap: int = field(default=5, metadata={"help": "longest run of frames without a face that is interpolated"})
-    smooth: float = field(default=3.0, metadata={"help": "temporal smoothness weight of the head tracker"})
-    debug_frames: int = field(default=4, metadata={"help": "frames drawn into debug/ overlays"})
-    workers: int = field(default=0, metadata={"help": "for a folder of videos: processes working at once (0 = one per "
+    max_face_gap: int = field(default=5, metadata={"min": 0, "help": "longest run of frames without a face that is interpolated"})
+    smooth: float = field(default=3.0, metadata={"min": 0, "help": "temporal smoothness weight of the head tracker"})
+    debug_frames: int = field(default=4, metadata={"min": 0, "help": "frames drawn into debug/ overlays"})
+    workers: int = field(default=0, metadata={"min": 0, "help": "for a folder of videos: processes working at once (0 = one per "
                                                       "two cores; under torchrun each process is one)"})
 
 
@@ -135,7 +135,7 @@ def _audio(ctx: Context) -> dict:
     from instag.io.video import read_audio
     from instag.io.wav import write_wav
 
-    samples = read_audio(ctx.info.path, AUDIO_SAMPLE_RATE)
+    samples = read_audio(ctx.info.path, AUDIO_SAMPLE_RATE, ctx.info.audio_stream)
     if float(np.abs(samples).max()) < 1e-4:
         raise InstagError(f"{ctx.info.path}: the audio track is silent; the speech drives training, give the video "
                           "with its sound")

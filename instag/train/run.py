@@ -14,7 +14,7 @@ import torch
 
 from instag.errors import InstagError
 from instag.model.audio_encoder import LipHead
-from instag.train.checkpoint import read_checkpoint, stem_paths, write_checkpoint
+from instag.train.checkpoint import fitting, read_checkpoint, stem_paths, write_checkpoint
 from instag.train.config import StageConfig
 from instag.train.distributed import SINGLE, World
 from instag.train.engine import (
@@ -193,7 +193,8 @@ def run_stage(
         if int(old_meta.get("iterations", -1)) != cfg.iterations:
             raise InstagError(f"{t_path} belongs to a run of {old_meta.get('iterations')} iterations, not {cfg.iterations}; "
                               "resume with the same --iterations/--preset or delete it")
-        ema = restore_models(identities, tensors, device, lip_head)
+        with fitting(t_path, "resume with the same clips and settings, or delete it to start the stage afresh"):
+            ema = restore_models(identities, tensors, device, lip_head)
         start = int(old_meta["iteration"])
         ended = start >= cfg.iterations or bool(old_meta.get("early_stopped"))
         if old_meta.get("early_stopped") and validator is None:
@@ -210,7 +211,8 @@ def run_stage(
     logger = Logger(folder, f"{cfg.mode}_{cfg.stage}", tensorboard=world.is_main)
     trainer = Trainer(cfg, identities, device, lip_head=lip_head, num_workers=workers, seed=seed, log=logger, world=world)
     if optim is not None:
-        load_optim_state(trainer, optim, ema)
+        with fitting(stem_paths(folder, state_stem)[2], "delete it and the stage's checkpoint to start it afresh"):
+            load_optim_state(trainer, optim, ema)
     if cfg.note:  # on stdout: what the recipe leaves out is no error
         trainer.notes.append(cfg.note)
         if world.is_main and not ended:
