@@ -53,13 +53,16 @@ run)
     for id in cnn2 german; do
         views=250; [ "$id" = german ] && views=200
         for seed in 0 1; do
-            run=${id}_s$seed
-            (python3 -m instag adapt -S "$D/$id" -M "$O/$run" --pretrain_path "$O/pretrain_model" --N_views $views \
-                --seed $seed --evaluate false --quiet \
-             && python3 -m instag evaluate -S "$D/$id" -M "$O/$run" --new_audio --quiet) > "$L/adapt_$run.txt" 2>&1 &
+            python3 -m instag adapt -S "$D/$id" -M "$O/${id}_s$seed" --pretrain_path "$O/pretrain_model" --N_views $views \
+                --seed $seed --evaluate false --quiet > "$L/adapt_${id}_s$seed.txt" 2>&1 &
         done
     done
-    wait
+    wait  # four adaptations side by side: the GPU is launch-bound, four share it at ~2x the time of one
+    stamp "adapted"
+    for run in cnn2_s0 german_s0 cnn2_s1 german_s1; do  # one at a time: landmark detection is CPU-bound
+        python3 -m instag evaluate -S "$D/${run%_s*}" -M "$O/$run" --new_audio --quiet > "$L/evaluate_$run.txt" 2>&1
+        stamp "evaluated $run"
+    done
     stamp "adapted and evaluated"
     python3 bench/unheard_speech.py "$D/cnn2=$O/cnn2_s0" "$D/german=$O/german_s0" --audio /tmp/videos/audio/*.wav \
         --out "$L/unheard_speech.json" > "$L/unheard.txt" 2>&1
@@ -76,7 +79,7 @@ run)
 collect)
     cd "$REPO" || exit 1
     mkdir -p /tmp/collect && cp "$L"/chain.txt "$L"/*.json /tmp/collect/ 2>/dev/null
-    tail -c 20000 -q "$L"/adapt_*.txt "$L"/pretrain.txt "$L"/unheard.txt "$L"/training.txt "$L"/stream.txt "$L"/synthesis.txt "$L"/process_*.txt > /tmp/collect/tails.txt 2>/dev/null
+    tail -c 20000 -q "$L"/adapt_*.txt "$L"/evaluate_*.txt "$L"/pretrain.txt "$L"/unheard.txt "$L"/training.txt "$L"/stream.txt "$L"/synthesis.txt "$L"/process_*.txt > /tmp/collect/tails.txt 2>/dev/null
     for r in "$O"/*_s[01]; do
         n=$(basename "$r")
         cp "$r/test/ours_None/new_audio.json" "/tmp/collect/new_audio_$n.json" 2>/dev/null

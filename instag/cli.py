@@ -100,7 +100,8 @@ def run_command(name: str, argv: list[str]) -> int:
     except KeyboardInterrupt as err:
         _close_progress_bars()
         terminated = isinstance(err, Terminated)
-        print(f"instag {name}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        note = f"; {err}" if str(err) else ""  # what a stopping run saved and how to go on (instag.train.run.stopped)
+        print(f"instag {name}: {'terminated' if terminated else 'interrupted'}{note}", file=sys.stderr)
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as err:  # an unexpected failure still gets one line unless --debug
         if debug:

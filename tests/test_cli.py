@@ -102,3 +102,53 @@ def test_checkpoint_tensors_get_the_same_mode_as_their_json(tmp_path):
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert modes == {"head.safetensors": 0o666 & ~mask, "head.json": 0o666 & ~mask,
                      "chkpnt.safetensors": 0o666 & ~mask, "chkpnt.json": 0o666 & ~mask}
+
+
+def _all_configs():
+    from instag.audio.cli import ExportWhisperConfig, FeaturesConfig
+    from instag.infer.stream import StreamConfig
+    from instag.infer.synthesize import SynthesizeConfig
+    from instag.metrics.evaluate import EvaluateConfig
+    from instag.preprocess.pipeline import ProcessConfig
+    from instag.preprocess.split import SplitConfig
+    from instag.serve.app import ServeConfig
+    from instag.train.adapt import AdaptConfig
+    from instag.train.pretrain import PretrainConfig
+    from instag.train.refine import RefineConfig
+
+    return (AdaptConfig, PretrainConfig, RefineConfig, SynthesizeConfig, StreamConfig, EvaluateConfig, ProcessConfig,
+            FeaturesConfig, ExportWhisperConfig, SplitConfig, ServeConfig)
+
+
+@pytest.mark.parametrize("command, argv, words", [
+    ("adapt", ["-S", "d", "-M", "m", "--iterations", "-5"], "--iterations -5: out of range; give a value at least 0"),
+    ("adapt", ["-S", "d", "-M", "m", "--N_views", "0"], "--N_views 0: out of range; give -1, or a value at least 1"),
+    ("adapt", ["-S", "d", "-M", "m", "--checkpoint_seconds", "0"], "--checkpoint_seconds 0.0: out of range; give a value above 0"),
+    ("pretrain", ["-S", "d", "-M", "m", "--stop_after", "nan"], "--stop_after nan: not a number of any use here"),
+    ("process", ["v.mp4", "--max_face_gap", "-1"], "--max_face_gap -1: out of range"),
+    ("synthesize", ["-S", "d", "-M", "m", "--audio", "a.wav", "--mouth_scale", "nan"], "--mouth_scale nan"),
+    ("synthesize", ["-S", "d", "-M", "m", "--audio", "a.wav", "--reference_db", "inf"], "--reference_db inf"),
+    ("stream", ["-S", "d", "-M", "m", "--audio", "a.wav", "--batch", "0"], "--batch 0: out of range"),
+    ("split", ["d", "--val_fraction", "1"], "--val_fraction 1.0: out of range; give a value above 0 and below 1"),
+    ("evaluate", ["--pred", "p.mp4", "--batch", "-2"], "--batch -2"),
+    ("serve", ["-S", "d", "-M", "m", "--jpeg_quality", "101"], "--jpeg_quality 101: out of range; give a value from 1 to 100"),
+])
+def test_impossible_numbers_are_refused_at_parse_time(command, argv, words, tmp_path):
+    """One check in the dataclass-to-argparse layer (field metadata), before any file is read: one line naming the flag."""
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "instag", command, *argv], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr
+    assert lines[0].startswith(f"instag {command}: error: ") and not list(tmp_path.iterdir())
+
+
+def test_every_default_passes_its_own_bounds():
+    from instag.config import check_value
+
+    for cls in _all_configs():
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING and f.default is not None:
+                check_value(f, f.default)
+    assert any("min" in f.metadata for cls in _all_configs() for f in dataclasses.fields(cls))

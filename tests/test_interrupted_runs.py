@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from badinputs import (
     REPO,
     cli_env,
@@ -213,3 +214,50 @@ def test_pretraining_killed_at_its_stage_boundaries_resumes(tmp_path):
         assert "internal error" not in proc.stderr, proc.stderr
         for stage, n in (("face", 12), ("mouth", 6)):
             assert json.loads((out / f"chkpnt_ema_{stage}_latest.json").read_text())["iteration"] == n, (stem, stage)
+
+
+def _signal_once_training(cmd: list[str], sig: int) -> tuple[int, str]:
+    """Start ``cmd``, send ``sig`` a moment after its face stage's progress bar appears; returns (exit code, stderr)."""
+    import os
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env(), cwd=str(REPO))
+    seen = b""
+    while b"adapt face:" not in seen and b"pretrain face:" not in seen:
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        assert chunk, seen.decode(errors="replace")
+        seen += chunk
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    rest = proc.stderr.read()
+    return proc.wait(timeout=120), (seen + rest).decode(errors="replace")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_signal_during_training_saves_and_prints_the_resume_command(tmp_path, sig):
+    """Ctrl-C or SIGTERM mid-stage (no periodic checkpoint yet): the step under way ends, a resumable state is
+    saved, and the last line gives the --resume command, which continues from that very iteration."""
+    import shlex
+
+    clip = synthetic_dataset(tmp_path / "data" / "clip", size=16, n_train=8, n_val=3)
+    pre = pretrained(tmp_path / "pretrain")
+    out = tmp_path / "out"
+    args = ["adapt", "-S", str(clip.root), "--pretrain_path", str(pre), "-M", str(out), "--preset", "tiny",
+            "--iterations", "20000", "--device", "cpu", "--workers", "0", "--checkpoint_seconds", "1000",
+            "--evaluate", "false"]
+    code, err = _signal_once_training([sys.executable, "-m", "instag", *args], sig)
+    assert code == 128 + sig, err
+    last = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()][-1]
+    word = "interrupted" if sig == signal.SIGINT else "terminated"
+    assert last.startswith(f"instag adapt: {word}; saved face iteration "), last
+    reached = int(last.split("face iteration ")[1].split("/")[0])
+    assert 0 < reached < 20000, last
+    assert json.loads((out / "train_face.json").read_text())["iteration"] == reached
+    assert json.loads((out / "chkpnt_face_latest.json").read_text())["iteration"] == reached
+    assert json.loads((out / "adapt_log.json").read_text())["stages"]["face"]["reached"] == reached
+    assert not stray_temporaries(out)
+
+    command = shlex.split(last.split("continue with: ")[1])
+    assert command[:2] == ["instag", "adapt"] and "--resume" in command
+    proc = run_cli(*command[1:], "--stop_after", "0.000001")
+    assert proc.returncode == 3, proc.stderr
+    assert f"resuming adapt face from iteration {reached}" in proc.stderr

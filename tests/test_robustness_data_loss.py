@@ -107,7 +107,7 @@ def test_failed_video_leaves_the_processed_folder_as_it_was(processed, tmp_path_
     folder = copy_of(processed, tmp_path)
     before = tree(folder)
     bad = corpus(tmp_path_factory).face_gap(10, 12)  # audio and frames are written, then landmarks refuse it
-    one_line_error(run_cli("process", str(bad), "--out", str(folder)), str(bad), "no face in frames 10-21")
+    one_line_error(run_cli("process", str(bad), "--out", str(folder), "--force"), str(bad), "no face in frames 10-21")
     assert tree(folder) == before
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in processed.iterdir())
 
@@ -117,7 +117,7 @@ def test_interrupted_run_leaves_the_processed_folder_as_it_was(processed, other_
     folder = copy_of(processed, tmp_path)
     before = tree(folder)
     with open(tmp_path / "stderr.txt", "w") as err:
-        run = subprocess.Popen([sys.executable, "-m", "instag", "process", str(other_person), "--out", str(folder)],
+        run = subprocess.Popen([sys.executable, "-m", "instag", "process", str(other_person), "--out", str(folder), "--force"],
                                stdout=subprocess.PIPE, stderr=err, text=True, env=cli_env(), cwd=str(REPO))
         for line in run.stdout:  # interrupt once the other video's audio and frames have replaced ours
             if "[ 3] frames" in line:
@@ -138,12 +138,39 @@ def test_interrupted_run_leaves_the_processed_folder_as_it_was(processed, other_
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in processed.iterdir())
 
 
+def test_another_videos_data_is_replaced_only_with_force(processed, other_person, tmp_path):
+    """Processing another video into a processed folder would delete the data a model adapted on it renders with:
+    refused in one line naming the folder, the old video and the model, unless --force; with --force the model is
+    named in the notice."""
+    folder = copy_of(processed, tmp_path)
+    fingerprint = json.loads((folder / "meta.json").read_text())["source"]["fingerprint"]
+    model = tmp_path / "output" / "A"  # data/A -> output/A, as the scripts lay them out
+    model.mkdir(parents=True)
+    (model / "chkpnt_fuse_latest.json").write_text(json.dumps({"source_clip": {"path": str(folder.resolve()),
+                                                                               "fingerprint": fingerprint}}))
+    before = tree(folder)
+    for target in (["--out", str(folder)], []):  # B.mp4 into data/A, then A.mp4 replaced under the same name
+        if not target:
+            shutil.copyfile(other_person, folder / "A.mp4")
+            before = tree(folder)
+        video = str(other_person) if target else str(folder / "A.mp4")
+        line = one_line_error(run_cli("process", video, *target), str(folder), "processed data of", str(model), "--force")
+        assert tree(folder) == before
+    held = int(line.split("(")[1].split()[0])
+
+    proc = run_cli("process", str(folder / "A.mp4"), "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert "processing it as a new video (--force)" in proc.stdout and str(model) in proc.stdout
+    removed = int(proc.stdout.split("instag process: removed ")[1].split()[0])
+    assert removed == held and removed > 8 * 30, proc.stdout  # the 30 old frames' per-frame files, the whole-clip files
+
+
 def test_replaced_video_is_processed_anew(processed, other_person, tmp_path):
     from instag.preprocess.au import read_au_csv
 
     folder = copy_of(processed, tmp_path)
     shutil.copyfile(other_person, folder / "A.mp4")  # same path, another person, 25 frames instead of 30
-    proc = run_cli("process", str(folder / "A.mp4"))
+    proc = run_cli("process", str(folder / "A.mp4"), "--force")
     assert proc.returncode == 0, proc.stderr
     assert "done before" not in proc.stdout and "processing it as a new video" in proc.stdout
     for name in PER_FRAME:

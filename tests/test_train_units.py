@@ -131,6 +131,25 @@ def test_opacity_resets_leave_room_to_recover(stage, mode, iters, long):
         assert resets == [450, 900]  # ... and on 1350, the step after which the mouth's opacity froze
 
 
+@pytest.mark.parametrize("iters", [100, 300, 999])
+def test_short_runs_densify_in_proportion(iters):
+    """Below 1 000 iterations the schedule keeps the 1 000-iteration run's densification rounds, closer together;
+    --iterations 300 used to turn densification off (332 face Gaussians instead of 11 746)."""
+    for stage, mode in (("face", "adapt"), ("mouth", "adapt"), ("face", "pretrain"), ("mouth", "pretrain")):
+        cfg = stage_config(stage, mode, iters)
+        rounds = [it for it in range(1, iters + 1)
+                  if cfg.densify_from < it <= cfg.densify_until and it % cfg.densify_interval == 0]
+        full = stage_config(stage, mode, 1000)
+        full_rounds = [it for it in range(1, 1001) if full.densify_from < it <= full.densify_until
+                       and it % full.densify_interval == 0]
+        assert len(full_rounds) - 1 <= len(rounds) <= len(full_rounds) and len(rounds) >= 7, (stage, mode, rounds)
+        assert cfg.densify_interval == round(iters / 10) and not cfg.note
+    assert stage_config("face", "adapt", 1000).densify_interval == 100  # longer runs keep upstream's rhythm
+    short = stage_config("face", "adapt", 99)
+    assert short.densify_until == 0 and "too few to densify" in short.note and "100 or more" in short.note
+    assert not stage_config("fuse", "adapt", 50).note  # the fuse stage never densifies
+
+
 # ---------------------------------------------------------------------- engine
 def _identity(layout, face_init=80, mouth_init=60):
     clip = load_clip(layout.root, "train", "mel")
@@ -147,6 +166,14 @@ def test_each_stage_steps_with_finite_loss(clips, stage):
     assert trainer.run(0, progress=False) == 12
     if stage in ("face", "fuse"):
         assert not torch.equal(before, ident.head.face.features_dc.detach())
+
+
+def test_short_face_stage_grows_its_cloud(tmp_path):
+    """A 100-iteration face stage on the CPU densifies: the cloud ends with several times its initial Gaussians."""
+    layout = make_clip(tmp_path / "clip", size=16, n_train=8, n_val=2, seed=0)
+    ident = _identity(layout, face_init=80)
+    Trainer(stage_config("face", "adapt", 100), [ident], torch.device("cpu")).run(0, progress=False)
+    assert ident.head.face.num_points >= 3 * 80, ident.head.face.num_points
 
 
 def test_engine_resets_opacity_only_where_the_schedule_allows(clips, monkeypatch):
@@ -408,7 +435,7 @@ def test_lpips_term_joins_training_when_its_weights_are_present(clips, tmp_path,
     assert "lpips" in fuse and all(np.isfinite(fuse["lpips"])) and max(fuse["lpips"]) > 0  # from step at(1001) = 4 of 8
     assert "lpips" in parts["adapt_face"] and "lpips" not in parts["adapt_mouth"]  # the mouth uses it with --long only
     log = json.loads((tmp_path / "out" / "adapt_log.json").read_text())
-    assert not any("notes" in log["stages"][s] for s in ("face", "mouth", "fuse"))
+    assert not any("LPIPS" in n for s in ("face", "mouth", "fuse") for n in log["stages"][s].get("notes", []))
 
 
 def test_training_without_lpips_weights_notes_it_in_the_log(clips, tmp_path, monkeypatch):
@@ -418,7 +445,9 @@ def test_training_without_lpips_weights_notes_it_in_the_log(clips, tmp_path, mon
     assert "lpips" not in parts["adapt_fuse"]
     log = json.loads((tmp_path / "out" / "adapt_log.json").read_text())
     assert any("without its LPIPS term" in n and "alex.pth" in n for n in log["stages"]["fuse"]["notes"])
-    assert "notes" not in log["stages"]["mouth"]  # no LPIPS term in its recipe: nothing left out
+    # no LPIPS term in its recipe: only what its 6 iterations leave out
+    assert log["stages"]["mouth"]["notes"] == ["6 iterations are too few to densify: the clouds keep their initial "
+                                               "Gaussians (give 100 or more)"]
 
 
 def test_adapt_command_line_overrides_reach_the_face_recipe():

@@ -109,6 +109,57 @@ def test_bad_files_give_one_line_errors(tmp_path):
         read_wav(tmp_path / "missing.wav")
 
 
+def _header(tag: int, channels: int, rate: int, block_align: int, bits: int) -> bytes:
+    return struct.pack("<HHIIHH", tag, channels, rate, rate * block_align, block_align, bits)
+
+
+@pytest.mark.parametrize("fmt, data_size, words", [
+    (_header(1, 1, 1, 2, 16), None, "sample rate of 1 Hz, outside 1000-384000 Hz"),
+    (_header(1, 1, 999, 2, 16), None, "sample rate of 999 Hz"),
+    (_header(1, 1, 2_000_000, 2, 16), None, "sample rate of 2000000 Hz"),
+    (_header(1, 0, 16000, 0, 16), None, "gives 0 channels (1-64 are possible)"),
+    (_header(1, 300, 16000, 600, 16), None, "gives 300 channels"),
+    (_header(1, 1, 16000, 2, 0), None, "gives 0 bits per sample (1-64 are possible)"),
+    (_header(1, 1, 16000, 2, 4000), None, "gives 4000 bits per sample"),
+    (_header(1, 2, 16000, 2, 24), None, "block size of 2 bytes does not hold 2 samples of 24 bits"),
+    (_header(1, 1, 16000, 2, 16), 50_000, "says its audio is 50000 bytes but the file holds 1000"),
+])
+def test_impossible_header_values_are_refused_at_once(tmp_path, fmt, data_size, words):
+    """A header claiming 1 Hz made features and synthesize resample for minutes; each impossible value is refused
+    when the file is read, in one line naming the file and the value."""
+    import time
+
+    path = tmp_path / "damaged.wav"
+    path.write_bytes(_riff(fmt, b"\x01\x00" * 500, data_size=data_size))
+    t0 = time.perf_counter()
+    for read in (read_wav, load_audio_16k_mono):
+        with pytest.raises(InstagError) as err:
+            read(path)
+        assert words in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_limits_keep_real_recordings(tmp_path):
+    for rate, channels, bits, kind in ((8000, 1, 8, "u8"), (384_000, 2, 32, "f32"), (16000, 6, 16, "i16")):
+        path = tmp_path / f"{rate}_{channels}.wav"
+        path.write_bytes(_riff(_fmt(3 if kind == "f32" else 1, channels, rate, bits), _encode(_signal(100, channels), kind)))
+        samples, got = read_wav(path)
+        assert got == rate and samples.shape == ((100,) if channels == 1 else (100, channels))
+    streamed = tmp_path / "streamed.wav"  # a writer that could not seek back: "as long as it goes"
+    streamed.write_bytes(_riff(_fmt(1, 1, 16000, 16), _encode(_signal(100, 1), "i16"), data_size=0x7FFFFFFF))
+    assert read_wav(streamed)[0].shape == (100,)
+
+
+def test_features_refuses_a_one_hertz_header_at_once(tmp_path):
+    from badinputs import one_line_error, run_cli
+
+    path = tmp_path / "user.wav"
+    path.write_bytes(_riff(_header(1, 1, 1, 2, 16), b"\x01\x00" * 16000))
+    one_line_error(run_cli("features", "--wav", str(path), "--extractor", "mel", timeout=60), str(path),
+                   "sample rate of 1 Hz")
+    assert [p.name for p in tmp_path.iterdir()] == ["user.wav"]
+
+
 def test_write_read_roundtrip_and_mono(tmp_path):
     sig = _signal(1601, 2).astype(np.float32)
     path = tmp_path / "sub dir" / "out é.wav"

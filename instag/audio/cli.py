@@ -20,6 +20,7 @@ from instag.audio.windows import save_features
 from instag.config import parse
 from instag.data.format import AUDIO_FEATURE_FILES, AUDIO_SAMPLE_RATE
 from instag.errors import InstagError
+from instag.io.atomic import check_output
 from instag.io.wav import load_audio_16k_mono
 
 
@@ -33,7 +34,7 @@ class FeaturesConfig:
     weights: str | None = field(
         default=None, metadata={"help": "weights file/dir or model id (non-default extractors)"}
     )
-    num_frames: int | None = field(default=None, metadata={"help": "make exactly this many 25-FPS rows"})
+    num_frames: int | None = field(default=None, metadata={"min": 1, "help": "make exactly this many 25-FPS rows"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available)"})
 
 
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     wav = Path(cfg.wav)
     if not wav.is_file():
         raise InstagError(f"audio {wav} not found")
-    out = Path(cfg.out) if cfg.out else default_output(wav, cfg.extractor)
+    out = check_output(cfg.out or default_output(wav, cfg.extractor), "--out", (".npy",),
+                       {"--wav": wav, "--weights": cfg.weights})
     samples = load_audio_16k_mono(wav, AUDIO_SAMPLE_RATE)
     extractor = get_extractor(cfg.extractor, weights=cfg.weights, device=cfg.device)
     start = time.perf_counter()
@@ -103,6 +105,7 @@ def export_whisper_main(argv: list[str] | None = None) -> int:
     from instag.audio.whisper import export_encoder
 
     cfg = parse(ExportWhisperConfig, argv, prog="instag export-whisper")
+    check_output(cfg.out, "--out", (".safetensors",), {"--weights": cfg.weights})
     out = export_encoder(cfg.out, cfg.weights, half=not cfg.fp32, blocks=cfg.blocks)
     print(f"instag export-whisper: wrote {out} ({out.stat().st_size / 1e6:.1f} MB); use it with "
           f"INSTAG_WHISPER_WEIGHTS={out} or --weights {out}")

@@ -71,8 +71,19 @@ def save_features(path: str | Path, features: np.ndarray, extractor: str) -> Pat
     (written last: a file whose companion is missing or stale is refused, never used)."""
     from instag.io.atomic import save_npy, write_json
 
+    import json
+
     path = Path(path)
     definition = feature_definition(extractor)
+    companion = definition_path(path)
+    if definition is not None and companion.exists():
+        try:
+            ours = "definition" in json.loads(companion.read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise InstagError(f"{companion}: not a feature record of instag, and {path}'s record would replace it; "
+                              "move it away or write the features elsewhere (--out)")
     save_npy(path, features)
     if definition is not None:
         write_json(definition_path(path), {"extractor": extractor, "definition": definition,

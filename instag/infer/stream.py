@@ -172,15 +172,15 @@ class StreamConfig:
     source_path: str = field(metadata={"flags": ("-S", "-s"), "help": "processed clip data/<ID>"})
     model_path: str = field(metadata={"flags": ("-M", "-m"), "help": "trained model folder output/<ID>"})
     audio: str = field(metadata={"help": "speech .wav fed in chunks"})
-    chunk_ms: int = field(default=200, metadata={"help": "audio chunk length in ms"})
+    chunk_ms: int = field(default=200, metadata={"min": 1, "help": "audio chunk length in ms"})
     realtime: bool = field(default=False, metadata={"help": "feed chunks at the speed of speech (else as fast as possible)"})
     output: str | None = field(default=None, metadata={"help": "output mp4 (default output/<ID>/inference/<audio name>_stream.mp4)"})
     dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha 13x13 before compositing, as upstream's scripts do"})
     reference_db: float | None = field(default=None, metadata={"help": "mel level reference in dB (default: measured on the first audio)"})
-    lookahead_ms: float | None = field(default=None, metadata={
+    lookahead_ms: float | None = field(default=None, metadata={"min": 0,
         "help": "emit frame i after i*40 ms + this much audio, unheard audio as silence (default: the features' whole look-ahead, 292 ms for mel and 323 ms for whisper: frames identical to offline)"})
-    seed: int = field(default=0, metadata={"help": "seed of the blink timing"})
-    batch: int = field(default=8, metadata={"help": "largest number of frames rendered at once"})
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1, "help": "seed of the blink timing"})
+    batch: int = field(default=8, metadata={"min": 1, "help": "largest number of frames rendered at once"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar"})
     performance: str | None = field(default=None, metadata={"help": "JSON timeline of the performance (see instag synthesize --help)"})
@@ -269,13 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse(StreamConfig, argv, prog="instag stream")
     from instag.audio.mel import frame_count  # imports torch: after the flags, so that --help answers at once
 
-    if cfg.chunk_ms < 1 or cfg.batch < 1:
-        raise InstagError("--chunk_ms and --batch must be at least 1")
     performance = performance_from_options(cfg.performance, cfg.expression, cfg.blink, cfg.pose, cfg.au_csv,
                                            cfg.source_path)
     pauses = cfg.pauses if cfg.pauses is not None else performance.pauses is not False
     out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}_stream.mp4"
-    check_video_output(out)  # before any work
+    check_video_output(out, inputs={"--audio": cfg.audio, "--performance": cfg.performance, "--au_csv": cfg.au_csv,
+                                    "--pose": cfg.pose})  # before any work
     arm, controls = resolve(cfg.model_path, cfg.delivery, Controls(cfg.mouth_scale, cfg.smoothing, cfg.expression_intensity))
     samples = load_audio_16k_mono(cfg.audio)
     num_frames = frame_count(samples.shape[0])

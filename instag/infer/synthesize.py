@@ -82,8 +82,8 @@ class SynthesizeConfig:
                 "its training footage"})
     smoothing: float = field(default=0.0, metadata={"help": "causal smoothing of the audio drive over frames, 0-0.6 (EMA weight)"})
     expression_intensity: float = field(default=1.0, metadata={"help": "multiplier on requested expressions, 0-1.5"})
-    seed: int = field(default=0, metadata={"help": "seed of the blink timing"})
-    batch: int = field(default=8, metadata={"help": "frames rendered per batch"})
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1, "help": "seed of the blink timing"})
+    batch: int = field(default=8, metadata={"min": 1, "help": "frames rendered per batch"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar"})
 
@@ -382,7 +382,8 @@ def synthesize(cfg: SynthesizeConfig, log=print) -> dict:
 
     t_start = time.perf_counter()
     out = Path(cfg.output) if cfg.output else Path(cfg.model_path) / "inference" / f"{Path(cfg.audio).stem}.mp4"
-    check_video_output(out)  # before any work, like the frames folder below
+    check_video_output(out, inputs={"--audio": cfg.audio, "--performance": cfg.performance, "--au_csv": cfg.au_csv,
+                                    "--pose": cfg.pose})  # before any work, like the frames folder below
     frames_dir = out.with_suffix("") if cfg.save_frames else None
     if frames_dir is not None:  # before any work: a folder instag did not write is never replaced
         check_replaceable(frames_dir, frames_contents(out))
@@ -473,8 +474,6 @@ def pause_flags(info: dict, num_frames: int) -> np.ndarray | None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(SynthesizeConfig, argv, prog="instag synthesize")
-    if cfg.batch < 1:
-        raise InstagError("--batch must be at least 1")
     synthesize(cfg)
     return 0
 

@@ -79,6 +79,34 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
+def check_output(path: str | os.PathLike, flag: str, suffixes: tuple[str, ...], inputs: dict[str, Any] | None = None) -> Path:
+    """Refuse, before any work, an output file a command must not write: a folder, one of the command's own
+    ``inputs`` (``{"--wav": path, ...}``; None values are skipped), or a name whose extension is not one of
+    ``suffixes`` (what the command writes: it would replace, or pose as, a file of another kind). Returns the path."""
+    target = Path(path)
+    kinds = ", ".join(suffixes)
+    if target.is_dir():
+        raise InstagError(f"{flag} {target} is a folder; give a file name ending in {kinds}, e.g. "
+                          f"{target / ('out' + suffixes[0])}")
+    for name, source in (inputs or {}).items():
+        if source is not None and _same_path(target, Path(source)):
+            raise InstagError(f"{flag} {target} is also the input {name}; writing there would replace it: give "
+                              f"another file name, e.g. {target.with_name(target.stem + '_out' + suffixes[0])}")
+    if target.suffix.lower() not in suffixes:
+        what = f"ends in {target.suffix!r}" if target.suffix else "has no extension"
+        also = ", a file of another kind that it would replace" if target.exists() else ""
+        raise InstagError(f"{flag} {target} {what}{also}; this command writes {kinds} files: give a name ending in "
+                          f"{kinds} (e.g. {target.with_suffix(suffixes[0]).name})")
+    return target
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:

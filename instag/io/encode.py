@@ -27,17 +27,13 @@ SYNTHESIZED_COMMENT = "synthesized by instag (audio-driven 3D Gaussian talking h
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")  # containers that take H.264 with AAC sound
 
 
-def check_video_output(path: str | os.PathLike, flag: str = "--output") -> Path:
-    """Refuse, before any rendering, an output video path that cannot be written as one: a folder, or a name
-    without a video extension (ffmpeg picks the container from it)."""
-    path = Path(path)
-    if path.is_dir():
-        raise InstagError(f"{flag} {path} is a folder; give a video file name, e.g. {path / 'out.mp4'}")
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        what = f"ends in {path.suffix!r}" if path.suffix else "has no extension"
-        raise InstagError(f"{flag} {path} {what}; give a video file name ending in {', '.join(VIDEO_SUFFIXES)} "
-                          f"(e.g. {path.with_suffix('.mp4')})")
-    return path
+def check_video_output(path: str | os.PathLike, flag: str = "--output", inputs: dict[str, Any] | None = None) -> Path:
+    """Refuse, before any rendering, an output video path that cannot be written as one: a folder, a name without a
+    video extension (ffmpeg picks the container from it), or one of the command's ``inputs``
+    (:func:`instag.io.atomic.check_output`)."""
+    from instag.io.atomic import check_output
+
+    return check_output(path, flag, VIDEO_SUFFIXES, inputs)
 
 
 def ffmpeg_exe() -> str | None:

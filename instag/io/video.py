@@ -6,7 +6,10 @@
   resized by ffmpeg's own filters, as BGR ``uint8 [H,W,3]`` arrays.
 * :func:`sample_frames` decodes a few frames per second (for locating the face before the
   real decode).
-* :func:`read_audio` extracts the first audio track as 16 kHz mono float32 samples.
+* :func:`read_audio` extracts an audio track as 16 kHz mono float32 samples.
+
+A file is read as a player shows it: the video and audio streams marked default (else the first), the
+picture turned by its rotation metadata and stretched to its sample aspect ratio.
 
 ffmpeg is imported lazily (``imageio_ffmpeg``) and driven through pipes, so paths with
 spaces or non-ASCII characters need no quoting.
@@ -26,6 +29,10 @@ from instag.errors import InstagError
 
 TARGET_FPS = 25
 AUDIO_RATE = 16000
+# MediaPipe's face detector finds a face that fills a frame from about 24 px a side (16 px: none); a smaller picture
+# cannot serve, whatever it shows
+MIN_SIDE = 24
+_STREAM_LINE = re.compile(r"^\s*Stream #(\d+):(\d+)\S*: (Video|Audio): (.*)$", re.MULTILINE)
 
 
 def ffmpeg_exe() -> str:
@@ -54,6 +61,8 @@ class VideoInfo:
     codec: str
     rotation: int = 0  # display rotation in degrees (phones film portrait as rotated landscape); width/height are after it
     stream: str = "0:v:0"  # ffmpeg's -map of the picture (not a cover image of an audio file)
+    sar: str = "1:1"  # the stored pixels' aspect ratio (anamorphic video); width/height are the shape a player shows
+    audio_stream: str = "0:a:0"  # ffmpeg's -map of the sound a player plays (the default track)
 
     @property
     def num_frames_25(self) -> int:
@@ -68,7 +77,7 @@ class VideoInfo:
     def as_dict(self) -> dict:
         """The facts, without those at their defaults that older records lack (they would read as another video)."""
         facts = asdict(self)
-        for key, default in (("rotation", 0), ("stream", "0:v:0")):
+        for key, default in (("rotation", 0), ("stream", "0:v:0"), ("sar", "1:1"), ("audio_stream", "0:a:0")):
             if facts[key] == default:
                 del facts[key]
         return facts
@@ -137,32 +146,49 @@ def probe(path: str | Path, require_audio: bool = True) -> VideoInfo:
     _check_file(path)
     proc = _run(["-i", str(path)])
     err = proc.stderr.decode("utf-8", "replace")
-    streams = list(re.finditer(r"Stream #(\d+):(\d+).*?: Video: (\w+).*?, (\d{2,5})x(\d{2,5})", err))
-    video = next((m for m in streams if "(attached pic)" not in err[m.start():].splitlines()[0]), None)
+    lines = list(_STREAM_LINE.finditer(err))
+    videos = [m for m in lines if m.group(3) == "Video"]
+    video = _player_choice([m for m in videos if "(attached pic)" not in m.group(4)])
     if video is None:
         if "Invalid data found" in err or "moov atom not found" in err or "Input #" not in err:
             raise InstagError(f"{path}: not a readable video ({_first_error_line(err, path)}); "
                               "the file is corrupt, truncated or not a video")
-        cover = " (only a cover picture: it is an audio file)" if streams else ""
+        cover = " (only a cover picture: it is an audio file)" if videos else ""
         raise InstagError(f"{path}: has no video stream{cover}; give a video of the talking person")
-    stream = "0:v:0" if video is streams[0] else f"{video.group(1)}:{video.group(2)}"
-    codec, width, height = video.group(3), int(video.group(4)), int(video.group(5))
+    stream = "0:v:0" if video is videos[0] else f"{video.group(1)}:{video.group(2)}"
+    codec = video.group(4).split()[0].rstrip(",")
+    size = re.search(r", (\d+)x(\d+)", video.group(4))
+    if size is None or codec == "none":
+        raise InstagError(f"{path}: ffmpeg cannot decode its video stream ({codec}, no picture size); re-encode it "
+                          "(ffmpeg -i <video> -c:v libx264 -c:a aac out.mp4)")
+    width, height = int(size.group(1)), int(size.group(2))
     block = err[video.end():].split("Stream #", 1)[0]  # the stream's metadata and side data
     turn = re.search(r"display ?matrix: rotation of (-?[\d.]+) degrees", block, re.IGNORECASE)
     rotation = int(round(float(turn.group(1)))) % 360 if turn else 0
+    aspect = re.search(r"\[SAR (\d+):(\d+) DAR", video.group(4))
+    num, den = (int(aspect.group(1)), int(aspect.group(2))) if aspect else (1, 1)
+    sar = "1:1" if num == den or num == 0 or den == 0 else f"{num}:{den}"
+    num, den = (num, den) if sar != "1:1" else (1, 1)
     if rotation % 180 == 90:  # ffmpeg turns the picture upright when it decodes: frames are height x width
-        width, height = height, width
-    vline = err[video.start():].splitlines()[0]
+        width, height, num, den = height, width, den, num
+    width = max(1, int(round(width * num / den)))  # a player stretches anamorphic pixels to their shape
+    if min(width, height) < MIN_SIDE:
+        raise InstagError(f"{path}: the picture is {width}x{height} pixels, too small to find a face in (at least "
+                          f"{MIN_SIDE} px a side); give the video at a larger size")
+    vline = video.group(0)
     fps_m = re.search(r"([\d.]+) fps", vline)
     tbr_m = re.search(r"([\d.]+)k? tbr", vline)
     dur_m = re.search(r"Duration: (\d+):(\d+):([\d.]+)", err)
     duration = 0.0
     if dur_m:
         duration = int(dur_m.group(1)) * 3600 + int(dur_m.group(2)) * 60 + float(dur_m.group(3))
-    audio = re.search(r"Stream #\d+:\d+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)", err)
+    sounds = [m for m in lines if m.group(3) == "Audio"]
+    audio = _player_choice(sounds)
     has_audio = audio is not None
-    audio_rate = int(audio.group(2)) if audio else 0
-    layout = audio.group(3).strip() if audio else ""
+    audio_stream = "0:a:0" if audio is None or audio is sounds[0] else f"{audio.group(1)}:{audio.group(2)}"
+    sound = re.search(r", (\d+) Hz, ([^,]+)", audio.group(4)) if audio else None
+    audio_rate = int(sound.group(1)) if sound else 0
+    layout = sound.group(2).strip() if sound else ""
     channels = {"mono": 1, "stereo": 2}.get(layout, int(re.match(r"(\d+)", layout).group(1)) if re.match(r"\d+", layout) else 2)
     if not has_audio:
         channels = 0
@@ -195,11 +221,13 @@ def probe(path: str | Path, require_audio: bool = True) -> VideoInfo:
         codec=codec,
         rotation=rotation,
         stream=stream,
+        sar=sar,
+        audio_stream=audio_stream,
     )
     # the header's duration is the longest stream's: a picture that stops early is truncation only when the
     # sound stops early too (a sound track longer than the picture is handled by the audio step)
     tolerance = max(0.5, 0.05 * duration)
-    if duration and info.frame_span < duration - tolerance and (not has_audio or _stream_end(path, "0:a:0") < duration - tolerance):
+    if duration and info.frame_span < duration - tolerance and (not has_audio or _stream_end(path, audio_stream) < duration - tolerance):
         raise InstagError(f"{path}: the header says {duration:.2f} s but the video frames stop at "
                           f"{info.frame_span:.2f} s; the file is truncated or corrupt; copy or re-encode it and run again")
     if require_audio and not has_audio:
@@ -208,8 +236,17 @@ def probe(path: str | Path, require_audio: bool = True) -> VideoInfo:
     return info
 
 
-def _filters(crop: tuple[int, int, int, int] | None, size: tuple[int, int] | None, fps: float | None) -> str:
-    parts = []
+def _player_choice(streams: list[re.Match]) -> re.Match | None:
+    """The stream a player picks among ``streams`` (lines of ffmpeg's listing): the first marked default, else the
+    first."""
+    return next((m for m in streams if m.group(4).rstrip().endswith("(default)")), streams[0] if streams else None)
+
+
+def _filters(crop: tuple[int, int, int, int] | None, size: tuple[int, int] | None, fps: float | None,
+             shape: tuple[int, int] | None = None) -> str:
+    """ffmpeg's filter chain: ``shape`` (W, H) first (the picture as a player shows it: anamorphic pixels made
+    square), then the frame rate, the crop (in that shape's pixels) and the output size."""
+    parts = [f"scale={shape[0]}:{shape[1]},setsar=1"] if shape is not None else []
     if fps is not None:
         parts.append(f"fps={fps:g}")
     if crop is not None:
@@ -245,7 +282,7 @@ def iter_frames(info: VideoInfo, crop: tuple[int, int, int, int] | None = None,
     ``crop`` = (x, y, w, h) in source pixels, applied before resizing to ``size`` = (W, H).
     """
     out_w, out_h = size if size is not None else ((crop[2], crop[3]) if crop is not None else (info.width, info.height))
-    yield from _pipe_frames(Path(info.path), _filters(crop, size, TARGET_FPS), out_w, out_h, info.stream)
+    yield from _pipe_frames(Path(info.path), _filters(crop, size, TARGET_FPS, _shape(info)), out_w, out_h, info.stream)
 
 
 def sample_frames(info: VideoInfo, per_second: float = 2.0, max_side: int = 1280) -> list[np.ndarray]:
@@ -254,14 +291,20 @@ def sample_frames(info: VideoInfo, per_second: float = 2.0, max_side: int = 1280
     w = max(2, int(round(info.width * scale / 2)) * 2)
     h = max(2, int(round(info.height * scale / 2)) * 2)
     size = (w, h) if (w, h) != (info.width, info.height) else None
-    return list(_pipe_frames(Path(info.path), _filters(None, size, per_second), w, h, info.stream))
+    return list(_pipe_frames(Path(info.path), _filters(None, size, per_second, _shape(info)), w, h, info.stream))
 
 
-def read_audio(path: str | Path, sample_rate: int = AUDIO_RATE) -> np.ndarray:
-    """First audio track as mono float32 samples in [-1, 1] at ``sample_rate``."""
+def _shape(info: VideoInfo) -> tuple[int, int] | None:
+    """The picture's shape (W, H) to scale to when its pixels are not square (see :func:`_filters`)."""
+    return None if info.sar == "1:1" else (info.width, info.height)
+
+
+def read_audio(path: str | Path, sample_rate: int = AUDIO_RATE, stream: str = "0:a:0") -> np.ndarray:
+    """The audio track ``stream`` (:attr:`VideoInfo.audio_stream`: the one a player plays) as mono float32 samples
+    in [-1, 1] at ``sample_rate``."""
     path = Path(path)
     _check_file(path)
-    proc = _run(["-loglevel", "error", "-i", str(path), "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate),
+    proc = _run(["-loglevel", "error", "-i", str(path), "-map", stream, "-vn", "-ac", "1", "-ar", str(sample_rate),
                  "-f", "f32le", "-acodec", "pcm_f32le", "-"])
     if proc.returncode != 0 and not proc.stdout:
         msg = proc.stderr.decode("utf-8", "replace")

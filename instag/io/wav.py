@@ -21,6 +21,14 @@ from instag.io.atomic import atomic_path
 _PCM = 0x0001
 _IEEE_FLOAT = 0x0003
 _EXTENSIBLE = 0xFFFE
+# What a real WAV header can hold; anything else is a damaged header, refused before any work (a rate of 1 Hz made
+# the resampler run for minutes). 8 kHz telephone speech to 384 kHz studio masters; up to 64 channels (7th-order
+# ambisonics); 8- to 64-bit samples.
+MIN_RATE, MAX_RATE = 1000, 384_000
+MAX_CHANNELS = 64
+MAX_BITS = 64
+# data sizes that streaming writers leave when they cannot seek back (0xFFFFFFFF, 0x7FFFFFFF): "as long as it goes"
+_UNKNOWN_SIZE = 0x7FFF0000
 
 
 def _parse_fmt(body: bytes, path: Path) -> tuple[int, int, int, int, int]:
@@ -35,6 +43,22 @@ def _parse_fmt(body: bytes, path: Path) -> tuple[int, int, int, int, int]:
         # (e.g. 20 valid bits left-aligned in 24), so scaling by the container width is right.
         tag = struct.unpack("<H", body[24:26])[0]
     return tag, channels, rate, block_align, bits
+
+
+def _check_header(path: Path, channels: int, rate: int, block_align: int, bits: int) -> None:
+    """Refuse header values no recording has (see :data:`MIN_RATE` and the limits beside it)."""
+    damaged = "the WAV header is damaged; re-export the audio (ffmpeg -i in.wav -ar 16000 -ac 1 out.wav)"
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise InstagError(f"{path}: the WAV header gives a sample rate of {rate} Hz, outside {MIN_RATE}-{MAX_RATE} Hz; "
+                          f"{damaged}")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise InstagError(f"{path}: the WAV header gives {channels} channels (1-{MAX_CHANNELS} are possible); {damaged}")
+    if not 1 <= bits <= MAX_BITS:
+        raise InstagError(f"{path}: the WAV header gives {bits} bits per sample (1-{MAX_BITS} are possible); {damaged}")
+    width = block_align // channels if block_align else -(-bits // 8)
+    if width * 8 < bits or width > MAX_BITS // 8 or (block_align and block_align % channels):
+        raise InstagError(f"{path}: the WAV header's block size of {block_align} bytes does not hold {channels} "
+                          f"samples of {bits} bits; {damaged}")
 
 
 def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
@@ -67,6 +91,10 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         elif chunk_id == b"data":
             data = raw[start:end]
             if start + size > len(raw):  # streamed writers leave a placeholder size
+                if size < _UNKNOWN_SIZE:
+                    raise InstagError(f"{path}: the WAV header says its audio is {size} bytes but the file holds "
+                                      f"{len(raw) - start}; the file is truncated or its header damaged; copy or "
+                                      "re-export the audio")
                 break
         pos = start + size + (size & 1)  # chunks are word aligned
     if fmt is None:
@@ -74,13 +102,10 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     if data is None:
         raise InstagError(f"{path}: no 'data' chunk; the WAV file holds no audio")
     tag, channels, rate, block_align, bits = fmt
-    if channels < 1 or rate < 1:
-        raise InstagError(f"{path}: invalid WAV header ({channels} channels, {rate} Hz)")
+    _check_header(path, channels, rate, block_align, bits)
     width = bits // 8
     if bits % 8 or width * channels != block_align:
         width = block_align // channels if block_align else width
-    if width < 1:
-        raise InstagError(f"{path}: invalid WAV sample width ({bits} bits)")
     frames = len(data) // (width * channels)
     buf = np.frombuffer(data, dtype=np.uint8, count=frames * width * channels)
     if tag == _PCM:

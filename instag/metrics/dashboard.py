@@ -422,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     if args and not args[0].startswith("-"):  # instag report output/<ID>
         args = ["--model_path", *args]
     cfg = parse(ReportConfig, args, prog="instag report")
+    if cfg.out:
+        from instag.io.atomic import check_output
+
+        check_output(cfg.out, "--out", (".html", ".htm"))
     out = write_report(cfg.model_path, cfg.out, cfg.pixels)
     print(f"instag report: wrote {out}", file=sys.stdout)
     return 0

@@ -58,8 +58,8 @@ class EvaluateConfig:
     dilate: bool = field(default=False, metadata={"help": "dilate the mouth alpha 13x13 before compositing (adaptation's own evaluation does by default)"})
     no_static: bool = field(default=False, metadata={"help": "skip the static (silence-driven) baseline"})
     split: str = field(default="val", metadata={"choices": ("val", "train"), "help": "with -S/-M: the split to score"})
-    N_views: int = field(default=-1, metadata={"help": "with --split train: its first N frames, as in training (-1 = all)"})
-    batch: int = field(default=8, metadata={"help": "frames rendered per batch"})
+    N_views: int = field(default=-1, metadata={"min": 1, "special": (-1,), "help": "with --split train: its first N frames, as in training (-1 = all)"})
+    batch: int = field(default=8, metadata={"min": 1, "help": "frames rendered per batch"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
     new_audio: bool = field(default=False, metadata={
@@ -368,7 +368,7 @@ def evaluate_videos(pred: str | Path, gt: str | Path, *, pred_au_csv: str | None
     samples = None
     if sync_model is not None:
         if pinfo.has_audio:
-            samples = read_audio(pred)
+            samples = read_audio(pred, stream=pinfo.audio_stream)
         else:
             notes.append(f"Sync-C/Sync-E not computed: {pred} has no audio track")
     au_pred = au_gt = None
@@ -445,7 +445,7 @@ def lip_report(video: str | Path, out_dir: str | Path | None = None, log=print, 
     finite = opening[np.isfinite(opening)]
     if not finite.size:
         raise InstagError(f"no face found in any of the {len(opening)} frames of {video}; the lip report needs a visible face")
-    sound = read_audio(video)
+    sound = read_audio(video, stream=info.audio_stream)
     energy = speech_energy(sound, len(opening))
     corr, lag = lagged_correlation(opening, energy)
     silent = silent_frames(sound, len(opening))
@@ -486,6 +486,11 @@ def main(argv: list[str] | None = None) -> int:
         for p in (cfg.pred, cfg.gt):
             if not Path(p).is_file():
                 raise InstagError(f"video {p} does not exist")
+        if cfg.out:
+            from instag.io.atomic import check_output
+
+            check_output(cfg.out, "--out", (".json",), {"--pred": cfg.pred, "--gt": cfg.gt, "--pred_au_csv": cfg.pred_au_csv,
+                                                        "--gt_au_csv": cfg.gt_au_csv})
         evaluate_videos(cfg.pred, cfg.gt, pred_au_csv=cfg.pred_au_csv, gt_au_csv=cfg.gt_au_csv, out=cfg.out, device=cfg.device,
                         progress=not cfg.quiet)
         return 0

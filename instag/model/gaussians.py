@@ -61,10 +61,15 @@ class GaussianCloud(nn.Module):
         active_sh_degree: int = 0,
     ):
         super().__init__()
-        if features_rest.shape[1] != (max_sh_degree + 1) ** 2 - 1:
-            raise ValueError(
-                f"features_rest has {features_rest.shape[1]} coefficients; SH degree {max_sh_degree} needs {(max_sh_degree + 1) ** 2 - 1}"
-            )
+        n = xyz.shape[0] if xyz.dim() else -1
+        shapes = {"xyz": (n, 3), "features_dc": (n, 1, 3), "features_rest": (n, (max_sh_degree + 1) ** 2 - 1, 3),
+                  "opacity_raw": (n, 1), "scale_raw": (n, 3), "rotation_raw": (n, 4)}
+        for name, value in zip(PARAM_NAMES, (xyz, features_dc, features_rest, opacity_raw, scale_raw, rotation_raw)):
+            if tuple(value.shape) != shapes[name]:
+                raise ValueError(f"{name} has shape {list(value.shape)}, not {list(shapes[name])} (N = {n}, SH degree "
+                                 f"{max_sh_degree})")
+        if not 0 <= active_sh_degree <= max_sh_degree:
+            raise ValueError(f"active SH degree {active_sh_degree} outside 0..{max_sh_degree}")
         self.max_sh_degree = max_sh_degree
         self.active_sh_degree = active_sh_degree
         for name, value in zip(PARAM_NAMES, (xyz, features_dc, features_rest, opacity_raw, scale_raw, rotation_raw)):

@@ -445,6 +445,25 @@ def check_not_swapped(source: str | Path, model_dir: str | Path) -> None:
                           f"-S {model_dir} -M {source}")
 
 
+def models_trained_on(root: str | Path, fingerprint: str | None, searched: list[Path]) -> list[Path]:
+    """The model folders directly under each of ``searched`` (e.g. ``output/``) whose checkpoints record
+    (:func:`source_clip`) that they were trained on the clip in ``root`` while it held the video of ``fingerprint``
+    (any video, for a record without a fingerprint)."""
+    here = str(Path(root).resolve())
+    found = []
+    for parent in dict.fromkeys(p.resolve() for p in searched if p.is_dir()):
+        for record in sorted(parent.glob("*/chkpnt_*_latest.json")):
+            try:
+                clip = json.loads(record.read_text(encoding="utf-8")).get("source_clip")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if not isinstance(clip, dict) or clip.get("path") != here:
+                continue
+            if clip.get("fingerprint") in (None, fingerprint) and record.parent not in found:
+                found.append(record.parent)
+    return found
+
+
 def check_source_clip(meta_path: Path, meta: dict, root: str | Path) -> None:
     """Refuse to render a model with a clip other than the one it was adapted on: the video fingerprint recorded
     in ``meta`` (``source_clip``) differs from ``root``'s. Without two fingerprints to compare (a model or a clip

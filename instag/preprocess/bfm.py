@@ -648,7 +648,7 @@ class TrackBFMConfig:
 
     path: str = field(metadata={"help": "processed dataset folder data/<ID>"})
     model: str | None = field(default=None, metadata={"help": "3DMM_info.npz (default data_utils/face_tracking/3DMM/)"})
-    focal: float | None = field(default=None, metadata={"help": "fixed focal length in px (default: searched)"})
+    focal: float | None = field(default=None, metadata={"above": 0, "help": "fixed focal length in px (default: searched)"})
 
 
 def main(argv: list[str] | None = None) -> int:

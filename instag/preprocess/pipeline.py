@@ -25,8 +25,10 @@ task  name             writes
 A full run skips steps that ``meta.json`` records as done (and whose outputs exist) for this very
 video (same size, content fingerprint and streams, not merely the same path) unless ``--force``;
 once a step runs, every later step runs too. ``--task k`` (number or name) runs step k alone.
-Another video in a processed folder is processed as new, after the files derived from the old one
-are removed (``au.csv`` only when it was estimated, never a user's OpenFace csv). One run at a time
+Another video in a processed folder is refused: its data is what a model adapted on it renders with.
+With ``--force`` it is processed as new, after the files derived from the old one are removed
+(``au.csv`` only when it was estimated, never a user's OpenFace csv), naming the models in ``output/``
+that were adapted on the old one. One run at a time
 uses a folder, and a run that fails leaves it as it was (:func:`run`).
 """
 
@@ -67,7 +69,8 @@ class ProcessConfig:
                                                       "2 audio_features, 3 frames, 4 parsing, 5 background, 6 gt_torso, "
                                                       "7 landmarks, 8 tracking, 9 transforms, 10 teeth, 11 au, 12 priors, "
                                                       "13 debug"})
-    force: bool = field(default=False, metadata={"help": "redo steps already done"})
+    force: bool = field(default=False, metadata={"help": "redo steps already done; in a folder processed from another "
+                                                        "video, delete that video's data and process this one"})
     audio_extractor: str = field(default="whisper", metadata={"help": "audio features to extract", "choices": EXTRACTOR_CHOICES})
     fix_av_offset: bool = field(default=False, metadata={"help": "shift aud.wav when the audio-video offset check finds "
                                                                  "more than one frame of offset"})
@@ -76,10 +79,10 @@ class ProcessConfig:
     teeth: str = field(default="color", metadata={"help": "teeth masks: colour rule, or EasyPortrait (needs its weights)",
                                                   "choices": ("color", "easyportrait")})
     au_csv: str | None = field(default=None, metadata={"help": "use this OpenFace csv as au.csv instead of estimating AUs"})
-    max_face_gap: int = field(default=5, metadata={"help": "longest run of frames without a face that is interpolated"})
-    smooth: float = field(default=3.0, metadata={"help": "temporal smoothness weight of the head tracker"})
-    debug_frames: int = field(default=4, metadata={"help": "frames drawn into debug/ overlays"})
-    workers: int = field(default=0, metadata={"help": "for a folder of videos: processes working at once (0 = one per "
+    max_face_gap: int = field(default=5, metadata={"min": 0, "help": "longest run of frames without a face that is interpolated"})
+    smooth: float = field(default=3.0, metadata={"min": 0, "help": "temporal smoothness weight of the head tracker"})
+    debug_frames: int = field(default=4, metadata={"min": 0, "help": "frames drawn into debug/ overlays"})
+    workers: int = field(default=0, metadata={"min": 0, "help": "for a folder of videos: processes working at once (0 = one per "
                                                       "two cores; under torchrun each process is one)"})
 
 
@@ -130,7 +133,7 @@ def _audio(ctx: Context) -> dict:
     from instag.io.video import read_audio
     from instag.io.wav import write_wav
 
-    samples = read_audio(ctx.info.path, AUDIO_SAMPLE_RATE)
+    samples = read_audio(ctx.info.path, AUDIO_SAMPLE_RATE, ctx.info.audio_stream)
     if float(np.abs(samples).max()) < 1e-4:
         raise InstagError(f"{ctx.info.path}: the audio track is silent; the speech drives training, give the video "
                           "with its sound")
@@ -427,10 +430,9 @@ def _refuse_stale_user_au(layout: DatasetLayout, cfg: ProcessConfig, old_meta: d
 PER_FRAME_FILE = re.compile(r"^(frame_)?[0-9]+\.[A-Za-z0-9]+$")
 
 
-def _remove_old_video_outputs(layout: DatasetLayout, old_meta: dict) -> int:
-    """Delete what the steps derived from the folder's previous video (the step table's whole-clip
-    files, its audio features and every per-frame file), so that nothing of it is mixed into the new
-    one; an au.csv is deleted only when we estimated it. Returns the number of files deleted."""
+def _old_video_outputs(layout: DatasetLayout, old_meta: dict) -> list[Path]:
+    """The files the steps derived from the folder's previous video (the step table's whole-clip files, its
+    audio features and every per-frame file); an au.csv only when we estimated it."""
     steps = old_meta.get("steps", {})
     doomed = [p for step in STEPS if step.name != "au" for p in step.outputs(layout, 0)]
     if steps.get("au", {}).get("source") == "estimated":
@@ -441,13 +443,30 @@ def _remove_old_video_outputs(layout: DatasetLayout, old_meta: dict) -> int:
     for folder in (layout.ori_dir, layout.parsing_dir, layout.gt_dir, layout.torso_dir, layout.teeth_dir,
                    layout.depth_dir, layout.normal_dir, layout.debug_dir):
         if folder.is_dir():
-            doomed += [p for p in folder.iterdir() if PER_FRAME_FILE.match(p.name) and p.is_file()]
-    count = 0
-    for path in doomed:
-        if path.is_file():
-            path.unlink()
-            count += 1
-    return count
+            doomed += [p for p in folder.iterdir() if PER_FRAME_FILE.match(p.name)]
+    return [p for p in doomed if p.is_file()]
+
+
+def _models_reading(layout: DatasetLayout, old_meta: dict) -> list[Path]:
+    """Trained models in ``output/`` (of the working folder, and of the project the clip lies in: data/<ID> ->
+    output/) that were adapted on the folder's previous video."""
+    from instag.model.talking_head import models_trained_on
+
+    fingerprint = old_meta.get("source", {}).get("fingerprint")
+    searched = [Path.cwd() / "output", layout.root.resolve().parent.parent / "output"]
+    return models_trained_on(layout.root, fingerprint if isinstance(fingerprint, str) else None, searched)
+
+
+def _check_replacing_old_video(layout: DatasetLayout, cfg: ProcessConfig, old_meta: dict, source: Path,
+                               doomed: list[Path], models: list[Path]) -> None:
+    """Refuse to delete another video's processed data unless ``--force`` says to (a model trained on it reads it)."""
+    if not doomed or cfg.force:
+        return
+    old = old_meta.get("source", {}).get("path", "another video")
+    readers = f"; the model(s) {', '.join(map(str, models))} adapted on it render with it" if models else ""
+    raise InstagError(f"{layout.root} holds the processed data of {old} ({len(doomed)} files{readers}); processing "
+                      f"{source} there would delete it: give another --out (e.g. --out {layout.root.parent / source.stem}), "
+                      "or --force to replace that data")
 
 
 def run(cfg: ProcessConfig) -> dict:
@@ -478,8 +497,13 @@ def _run_locked(cfg: ProcessConfig, info, source: Path, layout: DatasetLayout, f
     old_meta = load_meta(layout)
     damaged_meta = layout.meta.exists() and not old_meta
     new_video = bool(old_meta) and not same_video(old_meta.get("source", {}), current, source)
+    doomed: list[Path] = []
+    models: list[Path] = []
     if new_video:
         _refuse_stale_user_au(layout, cfg, old_meta, source)
+        doomed = _old_video_outputs(layout, old_meta)
+        models = _models_reading(layout, old_meta) if doomed else []
+        _check_replacing_old_video(layout, cfg, old_meta, source, doomed, models)
     meta = {"steps": {}} if new_video else {"steps": {}, **old_meta}
     meta["source"] = current  # a moved folder keeps its steps
     meta["notes"] = []
@@ -491,7 +515,10 @@ def _run_locked(cfg: ProcessConfig, info, source: Path, layout: DatasetLayout, f
         ctx.log(f"{source} differs from the video meta.json recorded ({old_path}: size, content or streams)"
                 if Path(old_path).resolve() == source.resolve() else
                 f"{source} is not the video this folder was processed from ({old_path}, recorded in meta.json)")
-        ctx.log("processing it as a new video")
+        ctx.log("processing it as a new video (--force)" if doomed else "processing it as a new video")
+        if doomed and models:
+            ctx.log(f"the models {', '.join(map(str, models))} were adapted on the previous video; they no longer match "
+                    "this folder (adapt them again, or keep a copy of the old folder to render them)")
     selected = [find_step(cfg.task)] if cfg.task.strip() != "-1" else STEPS
     before = {p for p in root.iterdir() if not folders.reserved(p.name)}
     protect = any(p.resolve() != source.resolve() and not p.name.startswith(".") for p in before)
@@ -506,8 +533,10 @@ def _run_locked(cfg: ProcessConfig, info, source: Path, layout: DatasetLayout, f
             if not started:  # only now: a run that skips every step changes nothing
                 started = True
                 snapshot = folders.Snapshot.take(root) if protect else None
-                if new_video:
-                    ctx.log(f"removed {_remove_old_video_outputs(layout, old_meta)} files derived from the previous video")
+                if doomed:
+                    for path in doomed:
+                        path.unlink(missing_ok=True)
+                    ctx.log(f"removed {len(doomed)} files derived from the previous video")
             rerun_rest = True
             t0 = time.perf_counter()
             result = step.run(ctx) or {}

@@ -280,8 +280,8 @@ class SapiensConfig:
         default=None, metadata={"help": "normal TorchScript .pt2 (default from the weights registry)"}
     )
     gpus: str = field(default="all", metadata={"help": "'all' (every visible GPU, else CPU), 'cpu', or ids like 0,1"})
-    max_frames: int = field(default=0, metadata={"help": "only the first N frames (upstream: 500); 0 = all"})
-    batch_size: int = field(default=1, metadata={"help": "frames per forward pass"})
+    max_frames: int = field(default=0, metadata={"min": 0, "help": "only the first N frames (upstream: 500); 0 = all"})
+    batch_size: int = field(default=1, metadata={"min": 1, "help": "frames per forward pass"})
     normal_axes: str = field(
         default="sapiens", metadata={"help": "axes of the model's normals", "choices": ["sapiens", "opencv"]}
     )

@@ -22,7 +22,7 @@ class SplitConfig:
     """Rewrite transforms_train.json / transforms_val.json: the last 12 s become the validation split."""
 
     path: str = field(metadata={"help": "the processed video (data/<ID>/<ID>.mp4) or its folder"})
-    val_fraction: float | None = field(default=None, metadata={"help": "keep this last fraction of the frames for "
+    val_fraction: float | None = field(default=None, metadata={"above": 0, "below": 1, "help": "keep this last fraction of the frames for "
                                                                        "validation instead of the last 12 s"})
 
 

@@ -63,16 +63,16 @@ class ServeConfig:
     source_path: str = field(metadata={"flags": ("-S", "-s"), "help": "processed clip data/<ID> (poses, backgrounds)"})
     model_path: str = field(metadata={"flags": ("-M", "-m"), "help": "trained model folder output/<ID>"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (another than 127.0.0.1 opens the page to the network)"})
-    port: int = field(default=8000, metadata={"help": "TCP port (0 = any free port, printed at start)"})
-    max_upload_mb: float = field(default=20.0, metadata={"help": "largest WAV upload in MB"})
-    max_seconds: float = field(default=120.0, metadata={"help": "longest speech answered, uploaded or spoken, in seconds"})
-    workers: int = field(default=2, metadata={"help": "render threads shared by all viewers"})
-    chunk_ms: int = field(default=200, metadata={"help": "audio fed to the streaming synthesizer per step, in ms"})
-    lookahead_ms: float = field(default=100.0, metadata={
+    port: int = field(default=8000, metadata={"min": 0, "max": 65535, "help": "TCP port (0 = any free port, printed at start)"})
+    max_upload_mb: float = field(default=20.0, metadata={"above": 0, "help": "largest WAV upload in MB"})
+    max_seconds: float = field(default=120.0, metadata={"above": 0, "help": "longest speech answered, uploaded or spoken, in seconds"})
+    workers: int = field(default=2, metadata={"min": 1, "help": "render threads shared by all viewers"})
+    chunk_ms: int = field(default=200, metadata={"min": 1, "help": "audio fed to the streaming synthesizer per step, in ms"})
+    lookahead_ms: float = field(default=100.0, metadata={"min": 0, "special": (-1,),
         "help": "emit frame i after i*40 ms + this much audio (-1: 292 ms, the frames of offline synthesis)"})
     dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha 13x13 before compositing, as upstream's scripts do"})
-    batch: int = field(default=4, metadata={"help": "largest number of frames rendered at once"})
-    jpeg_quality: int = field(default=85, metadata={"help": "JPEG quality of the frames sent (1-100)"})
+    batch: int = field(default=4, metadata={"min": 1, "help": "largest number of frames rendered at once"})
+    jpeg_quality: int = field(default=85, metadata={"min": 1, "max": 100, "help": "JPEG quality of the frames sent (1-100)"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when available)"})
     delivery: str | None = field(default=None, metadata={
         "help": "auto: each answer takes the delivery policy's controls (logs/delivery.json) and its log records the arm, "
@@ -516,10 +516,6 @@ def main(argv: list[str] | None = None) -> int:
         from aiohttp import web
     except ImportError as err:
         raise InstagError("instag serve needs aiohttp: pip install 'instag[serve]'") from err
-    if cfg.max_upload_mb <= 0 or cfg.max_seconds <= 0 or cfg.workers < 1 or cfg.chunk_ms < 1 or cfg.batch < 1:
-        raise InstagError("--max_upload_mb, --max_seconds, --workers, --chunk_ms and --batch must be positive")
-    if not 1 <= cfg.jpeg_quality <= 100:
-        raise InstagError("--jpeg_quality must be between 1 and 100")
     avatar = Avatar(cfg)
     sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

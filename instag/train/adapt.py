@@ -52,28 +52,28 @@ class AdaptConfig:
     model_path: str = field(metadata={"flags": ("-M", "-m"), "help": "output folder output/<ID>"})
     pretrain_path: str = field(default="output/pretrain_model", metadata={"help": "pre-training folder (or one of its checkpoint files)"})
     audio_extractor: str | None = field(default=None, metadata={"choices": EXTRACTORS, "help": "default: the one recorded in the pre-trained checkpoint"})
-    N_views: int = field(default=-1, metadata={"help": "use the first N training frames (250 = 10 s); -1 = all"})
+    N_views: int = field(default=-1, metadata={"min": 1, "special": (-1,), "help": "use the first N training frames (250 = 10 s); -1 = all"})
     long: bool = field(default=False, metadata={"help": "long-video recipe: no geometry priors, no opacity reset, SH degree 2"})
     all_for_train: bool = field(default=False, metadata={"help": "also train on the validation frames (metrics become meaningless)"})
     preset: str = field(default="default", metadata={"choices": tuple(PRESETS), "help": "recipe size: default (fast), upstream (10k/10k/2k), tiny (CI), cpu (the README's CPU recipe)"})
-    iterations: int = field(default=0, metadata={"help": "face-stage iterations (0 = preset)"})
-    mouth_iterations: int = field(default=0, metadata={"help": "mouth-stage iterations (0 = preset)"})
-    fuse_iterations: int = field(default=0, metadata={"help": "fuse-stage iterations (0 = preset)"})
+    iterations: int = field(default=0, metadata={"min": 0, "help": "face-stage iterations (0 = preset)"})
+    mouth_iterations: int = field(default=0, metadata={"min": 0, "help": "mouth-stage iterations (0 = preset)"})
+    fuse_iterations: int = field(default=0, metadata={"min": 0, "help": "fuse-stage iterations (0 = preset)"})
     stages: str = field(default="face,mouth,fuse", metadata={"help": "comma list of the stages to run, of face, mouth, fuse"})
-    lip_motion: float = field(default=-1.0, metadata={"help": "weight of the landmark-guided lip motion loss in the face stage (0 disables; -1 = recipe)"})
-    densify_grad_threshold: float = field(default=-1.0, metadata={"help": "face-stage densification threshold (mean screen-space gradient; -1 = recipe)"})
-    max_side: int = field(default=-1, metadata={"help": "train at this longer image side (0 = native, -1 = preset)"})
+    lip_motion: float = field(default=-1.0, metadata={"min": 0, "special": (-1,), "help": "weight of the landmark-guided lip motion loss in the face stage (0 disables; -1 = recipe)"})
+    densify_grad_threshold: float = field(default=-1.0, metadata={"above": 0, "special": (-1,), "help": "face-stage densification threshold (mean screen-space gradient; -1 = recipe)"})
+    max_side: int = field(default=-1, metadata={"min": 16, "special": (0, -1), "help": "train at this longer image side (0 = native, -1 = preset)"})
     resume: bool = field(default=False, metadata={"help": "continue stopped stages from their last checkpoints"})
-    stop_after: float = field(default=0.0, metadata={"help": "save and stop after this many seconds (0 = run to the end)"})
-    checkpoint_seconds: float = field(default=90.0, metadata={"help": "save a resumable checkpoint at least this often (seconds)"})
+    stop_after: float = field(default=0.0, metadata={"min": 0, "help": "save and stop after this many seconds (0 = run to the end)"})
+    checkpoint_seconds: float = field(default=90.0, metadata={"above": 0, "help": "save a resumable checkpoint at least this often (seconds)"})
     evaluate: bool = field(default=True, metadata={"help": "render and score the validation split afterwards"})
-    val_every: int = field(default=-1, metadata={"help": "score held-out frames every N steps of each stage and at its end (0 = off; -1 = preset: 250, upstream 1000, tiny and cpu off)"})
-    val_frames: int = field(default=50, metadata={"help": "frames scored at each check: the first of the validation split (the last training frames with --all_for_train)"})
-    early_stop: int = field(default=0, metadata={"help": "end a stage after this many checks without a better validation score and keep its best checkpoint (0 = off)"})
+    val_every: int = field(default=-1, metadata={"min": 0, "special": (-1,), "help": "score held-out frames every N steps of each stage and at its end (0 = off; -1 = preset: 250, upstream 1000, tiny and cpu off)"})
+    val_frames: int = field(default=50, metadata={"min": 1, "help": "frames scored at each check: the first of the validation split (the last training frames with --all_for_train)"})
+    early_stop: int = field(default=0, metadata={"min": 0, "help": "end a stage after this many checks without a better validation score and keep its best checkpoint (0 = off)"})
     dilate: bool = field(default=True, metadata={"help": "dilate the mouth alpha 13x13 before compositing the evaluation renders"})
     device: str = field(default="auto", metadata={"help": "cuda, cpu or auto"})
-    workers: int = field(default=-1, metadata={"help": "data-loader workers (-1 = auto)"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
+    workers: int = field(default=-1, metadata={"min": -1, "help": "data-loader workers (-1 = auto)"})
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1, "help": "random seed"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
 
 
@@ -105,9 +105,12 @@ def stage_recipe(cfg: AdaptConfig, stage: str, iterations: int, few_shot: bool) 
 
 def _load_head(folder: Path, stem: str, device: torch.device) -> TalkingHead:
     from instag.model.talking_head import TalkingHead, load_tensors
+    from instag.train.checkpoint import fitting
 
-    tensors, meta = load_tensors(folder / f"{stem}.safetensors")
-    return TalkingHead.from_state(tensors, meta).to(device)
+    path = folder / f"{stem}.safetensors"
+    tensors, meta = load_tensors(path)
+    with fitting(path, "delete it and run its stage again"):
+        return TalkingHead.from_state(tensors, meta).to(device)
 
 
 def adapt(cfg: AdaptConfig, log=print) -> int:
@@ -187,7 +190,15 @@ def _run_stages(cfg: AdaptConfig, clip, extractor: str, item_shape: tuple, iters
     from instag.model.talking_head import TalkingHead
     from instag.train.checkpoint import load_universal
     from instag.train.engine import Identity
-    from instag.train.run import INCOMPLETE, earlier_stages, remaining_seconds, run_stage, stage_done, stage_entry
+    from instag.train.run import (
+        INCOMPLETE,
+        earlier_stages,
+        remaining_seconds,
+        run_stage,
+        stage_done,
+        stage_entry,
+        stopped,
+    )
     from instag.train.validation import Validator, progress_video
 
     out = Path(cfg.model_path)
@@ -226,7 +237,7 @@ def _run_stages(cfg: AdaptConfig, clip, extractor: str, item_shape: tuple, iters
 
         result, _ = run_stage(scfg, [identity], device, out, f"train_{stage}", meta, cfg.resume, on_save, workers,
                               remaining_seconds(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet,
-                              save_seconds=cfg.checkpoint_seconds, validator=validator)
+                              save_seconds=cfg.checkpoint_seconds, validator=validator, stop_on_signal=True)
         head = identity.head
         if result.complete and validator is not None and validator.keep_best:
             head = _load_head(out, product, device)  # the selected checkpoint, which the next stage starts from
@@ -234,8 +245,8 @@ def _run_stages(cfg: AdaptConfig, clip, extractor: str, item_shape: tuple, iters
         summary["stages"][stage] = stage_entry(summary["stages"].get(stage), result, scfg.iterations,
                                                gaussians=[head.face.num_points, head.mouth.num_points], **extra)
         write_json(out / "adapt_log.json", summary)
-        if not result.complete:
-            log(f"instag adapt: stopped at {stage} iteration {result.iteration}/{scfg.iterations}; continue with --resume")
+        if not result.complete or result.stop_signal is not None:
+            log(f"instag adapt: stopped (--stop_after): {stopped('instag adapt', cfg, result, stage, scfg.iterations, out)}")
             return INCOMPLETE
         log(f"instag adapt: {stage} stage done in {result.seconds:.1f} s ({head.face.num_points} face / {head.mouth.num_points} mouth Gaussians)"
             + (f"; validation {extra['val_seconds']:.1f} s" if extra else ""))

@@ -15,7 +15,9 @@ Files per run:
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -94,6 +96,16 @@ def read_checkpoint(folder: str | Path, stem: str, with_optim: bool = False) -> 
             raise InstagError(f"{o_path} is from another iteration than {t_path.name}; delete both and re-run the stage")
         optim = blob["state"]
     return tensors, meta, optim
+
+
+@contextlib.contextmanager
+def fitting(path: Path, hint: str) -> Iterator[None]:
+    """Turn what loading ``path``'s tensors into a model raises when they have other shapes or names (a damaged or
+    foreign checkpoint) into one :class:`InstagError` line naming the file; ``hint`` says what to do."""
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError, IndexError) as err:
+        raise InstagError(f"{path}: its tensors do not fit this model ({' '.join(str(err).split())[:200]}); {hint}") from err
 
 
 def prefixed(prefix: str, state: dict[str, Tensor]) -> dict[str, Tensor]:

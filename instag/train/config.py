@@ -4,7 +4,9 @@ A stage is ``(stage, mode)`` with stage in face | mouth | fuse and mode in pretr
 :func:`stage_config` returns upstream's recipe (METHOD §3) for a stage; every iteration
 threshold in it is a fraction of the run so that ``iterations`` shortens or lengthens a run
 with its schedule intact (upstream's 10 000-iteration face adaptation with ``iterations=4000``
-warms up for 1 200 iterations instead of 3 000).
+warms up for 1 200 iterations instead of 3 000). Densification keeps a 100-step rhythm down to 1 000
+iterations; a shorter run densifies in as many rounds as a 1 000-iteration one, closer together, down to
+100 iterations (fewer keep the initial clouds, and say so).
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ FUSE_OPACITY_LR = 0.05
 # ~14 000: mimictalk_german_20s seed 1 PSNR 31.65 -> 32.29, SSIM 0.936 -> 0.944, dfrf_cnn2_25fps seed 1
 # 28.03 -> 28.13, 0.926 -> 0.931; 0.0001 (~30 000) 32.42 / 0.947 and 27.99 / 0.932.
 FACE_ADAPT_DENSIFY_GRAD = 0.0002
+
+# Runs shorter than SHORT_RUN densify on a proportionally shrunk rhythm (see stage_config); below MIN_DENSIFY_RUN a
+# round would gather its gradient statistics over fewer than 10 views, and the clouds are kept as initialised.
+SHORT_RUN = 1000
+MIN_DENSIFY_RUN = 100
 
 # Upstream iteration counts per (stage, mode); pre-training counts are global (all identities).
 UPSTREAM_ITERATIONS = {
@@ -118,6 +125,7 @@ class StageConfig:
     # EMA of the universal field (pre-training)
     ema_decay: float = 0.995
     train_universal: bool = True
+    note: str = ""  # what this recipe leaves out, said when the stage starts
 
     def resets_opacity(self, it: int) -> bool:
         """Whether step ``it`` resets the cloud's opacities.
@@ -207,6 +215,14 @@ def stage_config(stage: str, mode: str, iterations: int | None = None, long: boo
             **common, sh_degree=2 if long else 1, warmup=0, densify_until=0, green_prune=False, contrast=0.0,
             ema_decay=0.0, train_universal=False, opacity_lr=FUSE_OPACITY_LR, lpips=0.05, lpips_from=at(1001),
         )
-    if total < 1000:  # too short for the densify/prune schedule to settle: keep the initial clouds
-        cfg = cfg.replace(densify_until=0, opacity_reset_interval=0)
+    if total < MIN_DENSIFY_RUN and cfg.densify_until > 0:
+        cfg = cfg.replace(densify_until=0, opacity_reset_interval=0,
+                          note=f"{total} iterations are too few to densify: the clouds keep their initial Gaussians "
+                               f"(give {MIN_DENSIFY_RUN} or more)")
+    elif total < SHORT_RUN and cfg.densify_until > 0:
+        # below 1 000 iterations the fixed 100-step rhythm would leave at most a round or two of densification
+        # (none below ~300): a short run keeps the 1 000-iteration run's rounds, shrunk in proportion. Opacity
+        # resets stay off: a cloud needs ~100 steps to relearn its opacities, more than a short run has between them.
+        step = round(100 * total / SHORT_RUN)
+        cfg = cfg.replace(densify_from=step, densify_interval=step, opacity_reset_interval=0)
     return cfg.replace(**overrides) if overrides else cfg

@@ -13,7 +13,9 @@ is not finite stops the run naming the step and the last good checkpoint.
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +57,48 @@ class Identity:
     def __post_init__(self):
         if not self.extent:
             self.extent = scene_extent(self.clip.frames)
+
+
+class StopSignals:
+    """While active (in the main thread), SIGINT and SIGTERM only ask the training loop to stop: it finishes its
+    step, saves a resumable state and returns (:meth:`Trainer.run`). A second signal stops at once, as before."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._record)
+        return self
+
+    def _record(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise stop_exception(signum)
+        self.signum = signum
+        print(f"\ninstag: {signal.Signals(signum).name}: saving a resumable checkpoint after this step (again to stop "
+              "at once, losing the steps since the last one)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_exception(signum: int, note: str = "") -> KeyboardInterrupt:
+    """What a stop by ``signum`` raises: KeyboardInterrupt for Ctrl-C, the CLI's Terminated for SIGTERM, with
+    ``note`` (what was saved, how to resume) for the CLI's last line."""
+    from instag.cli import Terminated
+
+    return (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(*([note] if note else []))
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Data loader workers leave SIGINT/SIGTERM (a Ctrl-C reaches the whole process group) to the training
+    process, which stops them when it stops; they still exit with it on SIGKILL."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @dataclass
@@ -140,6 +184,7 @@ class Trainer:
         self.lpips = self._load_lpips() if cfg.lpips > 0 else None
         self._logged: dict[str, tuple[Tensor, int]] = {}  # sum and count since the last StepLog (kept on the device)
         self.skipped_steps = 0  # steps with nothing in view (no gradient), see step()
+        self.stop_signal: int | None = None  # the signal that ended run() (see StopSignals)
         self.history: list[StepLog] = []
 
     # ------------------------------------------------------------------ setup
@@ -281,6 +326,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
             prefetch_factor=4 if self.num_workers > 0 else None,
+            worker_init_fn=_ignore_stop_signals if self.num_workers > 0 else None,
         )
 
     def _to_device(self, sample: dict) -> dict:
@@ -626,6 +672,7 @@ class Trainer:
         progress: bool = True,
         validate: Callable[[int], bool] | None = None,
         validate_every: int = 0,
+        stop_on_signal: bool = False,
     ) -> int:
         """Train from iteration ``start`` to ``cfg.iterations``; returns the last iteration done.
 
@@ -633,18 +680,29 @@ class Trainer:
         every ``save_seconds`` and at the end or when ``stop_after_seconds`` have passed.
         ``validate(it)`` scores the model every ``validate_every`` steps and at the last one, after the
         loss check and before that step's save; it returns True to end the stage there (early stopping),
-        which saves and returns ``it``.
+        which saves and returns ``it``. With ``stop_on_signal`` (and ``save``) a SIGINT or SIGTERM ends the step
+        under way, saves and returns it, with :attr:`stop_signal` set (:class:`StopSignals`).
 
         Among N processes each loop turn is a round of N iterations (this process trains iteration
         ``end - N + 1 + rank``); ``it`` is then the round's last iteration, and the loss check, saving and
         stopping are agreed by all processes.
         """
+        self.time_data = self.time_step = 0.0
+        self.stop_signal = None
+        if start >= self.cfg.iterations:
+            return start
+        with StopSignals(stop_on_signal and save is not None) as signals:
+            last = self._loop(start, save, save_every, save_seconds, stop_after_seconds, progress, validate,
+                              validate_every, signals)
+        if self.stop_signal is None and self.world.any(signals.signum is not None)[0]:
+            self.stop_signal = signals.signum or signal.SIGTERM  # came after the last step's check: its save is done
+        return last
+
+    def _loop(self, start: int, save, save_every: int, save_seconds: float, stop_after_seconds: float | None,
+              progress: bool, validate, validate_every: int, signals: StopSignals) -> int:
         from tqdm import tqdm
 
         cfg = self.cfg
-        self.time_data = self.time_step = 0.0
-        if start >= cfg.iterations:
-            return start
         last_good = "none (no checkpoint was written yet)"
         t0 = time.time()
         last_save_t = t0
@@ -670,7 +728,8 @@ class Trainer:
             self.time_step += time.perf_counter() - t_b
             done = it == cfg.iterations
             validating = validate is not None and validate_every > 0 and (it % validate_every == 0 or done)
-            if len(self.losses_window) >= NAN_CHECK_EVERY or done or validating:
+            asked = signals.signum is not None and size == 1  # among several processes: agreed at the next check
+            if len(self.losses_window) >= NAN_CHECK_EVERY or done or validating or asked:
                 vals = torch.stack(self.losses_window).cpu() if self.losses_window else torch.zeros(0)
                 self.losses_window.clear()
                 bad = (~torch.isfinite(vals)).nonzero()
@@ -688,15 +747,19 @@ class Trainer:
                         f"training stopped. Last good checkpoint: {last_good}. Resume from it with --resume "
                         "(a lower learning rate or a different --seed may avoid the failure)"
                     )
-                if progress:
+                if progress and len(vals):
                     bar.set_postfix(loss=f"{float(vals[-1]):.4f}", refresh=False)
                 window_start = it + 1
                 halt = validating and validate(it)
                 now = time.time()
                 stop = halt or (stop_after_seconds is not None and now - t0 >= stop_after_seconds)
                 periodic = (save_every and it % save_every == 0) or now - last_save_t >= save_seconds
+                signalled = signals.signum is not None
                 if size > 1:  # the clocks differ: every process saves and stops when one would
-                    stop, periodic = self.world.any(stop, periodic)
+                    stop, periodic, signalled = self.world.any(stop, periodic, signalled)
+                if signalled:  # a process that was not signalled itself stops as the others were (torchrun: SIGTERM)
+                    self.stop_signal = signals.signum or signal.SIGTERM
+                    stop = True
                 if save is not None and (done or stop or periodic):
                     last_good = save(it)
                     last_save_t = now

@@ -43,22 +43,22 @@ class PretrainConfig:
     model_path: str = field(default="output/pretrain_model", metadata={"flags": ("-M", "-m"), "help": "output folder"})
     audio_extractor: str = field(default="whisper", metadata={"choices": EXTRACTORS, "help": "audio features to train on"})
     preset: str = field(default="default", metadata={"choices": tuple(PRESETS), "help": "recipe size: default (≤20 GPU-min), upstream (150k+150k), tiny (CI)"})
-    iterations: int = field(default=0, metadata={"help": "face-stage iterations (0 = preset)"})
-    mouth_iterations: int = field(default=0, metadata={"help": "mouth-stage iterations (0 = preset)"})
+    iterations: int = field(default=0, metadata={"min": 0, "help": "face-stage iterations (0 = preset)"})
+    mouth_iterations: int = field(default=0, metadata={"min": 0, "help": "mouth-stage iterations (0 = preset)"})
     stages: str = field(default="face,mouth", metadata={"help": "comma list of the stages to run, of face, mouth"})
     identities: str = field(default="", metadata={"help": "comma list of identity folders to use (default: all)"})
     share_audio_net: bool = field(default=False, metadata={"help": "personalized fields re-use the universal audio encoder"})
-    warmup_per_identity: int = field(default=300, metadata={"help": "static warm-up steps each identity gets at least "
+    warmup_per_identity: int = field(default=300, metadata={"min": 0, "help": "static warm-up steps each identity gets at least "
                                                                      "(capped at a third of the stage; 0 = the recipe's fraction only)"})
-    lip_aux: float = field(default=-1.0, metadata={"help": "weight of the audio->lip-landmark auxiliary loss (0 disables; -1 = recipe)"})
-    lip_motion: float = field(default=-1.0, metadata={"help": "weight of the landmark-guided lip motion loss (0 disables; -1 = recipe)"})
-    max_side: int = field(default=-1, metadata={"help": "train at this longer image side (0 = native, -1 = preset)"})
+    lip_aux: float = field(default=-1.0, metadata={"min": 0, "special": (-1,), "help": "weight of the audio->lip-landmark auxiliary loss (0 disables; -1 = recipe)"})
+    lip_motion: float = field(default=-1.0, metadata={"min": 0, "special": (-1,), "help": "weight of the landmark-guided lip motion loss (0 disables; -1 = recipe)"})
+    max_side: int = field(default=-1, metadata={"min": 16, "special": (0, -1), "help": "train at this longer image side (0 = native, -1 = preset)"})
     resume: bool = field(default=False, metadata={"help": "continue a stopped run from its last checkpoint"})
-    stop_after: float = field(default=0.0, metadata={"help": "save and stop after this many seconds (0 = run to the end)"})
-    checkpoint_seconds: float = field(default=90.0, metadata={"help": "save a resumable checkpoint at least this often (seconds)"})
+    stop_after: float = field(default=0.0, metadata={"min": 0, "help": "save and stop after this many seconds (0 = run to the end)"})
+    checkpoint_seconds: float = field(default=90.0, metadata={"above": 0, "help": "save a resumable checkpoint at least this often (seconds)"})
     device: str = field(default="auto", metadata={"help": "cuda, cpu or auto"})
-    workers: int = field(default=-1, metadata={"help": "data-loader workers (-1 = auto)"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
+    workers: int = field(default=-1, metadata={"min": -1, "help": "data-loader workers (-1 = auto)"})
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1, "help": "random seed"})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
 
 
@@ -111,7 +111,7 @@ def _pretrain(cfg: PretrainConfig, log, world, device) -> int:
     from instag.io.atomic import remove_stale_temporaries, write_json
     from instag.model.motion import UniversalFaceField, UniversalMouthField
     from instag.model.talking_head import TalkingHead
-    from instag.train.checkpoint import read_checkpoint, save_universal, universal_stem, unprefixed
+    from instag.train.checkpoint import fitting, read_checkpoint, save_universal, stem_paths, universal_stem, unprefixed
     from instag.train.engine import Identity, restore_models
     from instag.train.run import (
         INCOMPLETE,
@@ -123,6 +123,7 @@ def _pretrain(cfg: PretrainConfig, log, world, device) -> int:
         set_seed,
         stage_done,
         stage_entry,
+        stopped,
     )
 
     t_start = time.time()
@@ -179,7 +180,8 @@ def _pretrain(cfg: PretrainConfig, log, world, device) -> int:
                 raise InstagError(f"the face stage in {out} is not finished; run the face stage first (--stages face,mouth --resume)")
             if not (cfg.resume and (out / f"{stem}.safetensors").exists()):
                 tensors, _, _ = read_checkpoint(out, "train_pretrain_face")
-                restore_models(identities, tensors, torch.device("cpu"))
+                with fitting(stem_paths(out, "train_pretrain_face")[0], "run the face stage again (delete it)"):
+                    restore_models(identities, tensors, torch.device("cpu"))
                 ema = unprefixed("ema.", tensors)
                 if ema:  # the hook uses the EMA face field, as adaptation will
                     face_field.load_state_dict(ema)
@@ -193,15 +195,15 @@ def _pretrain(cfg: PretrainConfig, log, world, device) -> int:
 
         result, _ = run_stage(scfg, identities, device, out, stem, meta, cfg.resume, on_save, workers,
                               remaining_seconds(cfg.stop_after, t_start), cfg.seed, progress=not cfg.quiet,
-                              save_seconds=cfg.checkpoint_seconds, world=world)
+                              save_seconds=cfg.checkpoint_seconds, world=world, stop_on_signal=True)
         timings[stage] = result.seconds
         summary["stages"][stage] = stage_entry(summary["stages"].get(stage), result, scfg.iterations)
         if world.is_main:
             write_json(out / "pretrain_log.json", summary)
         world.barrier()  # the next stage reads what the first process wrote
-        if not result.complete:
-            log(f"instag pretrain: stopped at {stage} iteration {result.iteration}/{scfg.iterations} after "
-                f"{result.seconds:.0f} s; continue with --resume")
+        if not result.complete or result.stop_signal is not None:
+            note = stopped("instag pretrain", cfg, result, stage, scfg.iterations, out, world)
+            log(f"instag pretrain: stopped (--stop_after) after {result.seconds:.0f} s: {note}")
             return INCOMPLETE
         log(f"instag pretrain: {stage} stage done ({scfg.iterations} iterations, {result.seconds:.0f} s)")
     log(f"instag pretrain: wrote {out}/chkpnt_ema_face_latest.safetensors and chkpnt_ema_mouth_latest.safetensors "

@@ -14,7 +14,7 @@ import torch
 
 from instag.errors import InstagError
 from instag.model.audio_encoder import LipHead
-from instag.train.checkpoint import read_checkpoint, stem_paths, write_checkpoint
+from instag.train.checkpoint import fitting, read_checkpoint, stem_paths, write_checkpoint
 from instag.train.config import StageConfig
 from instag.train.distributed import SINGLE, World
 from instag.train.engine import (
@@ -101,6 +101,7 @@ class StageResult:
     photo_history: list[tuple[int, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stopped_early: bool = False  # ended by --early_stop before its last iteration (complete all the same)
+    stop_signal: int | None = None  # SIGINT/SIGTERM that stopped the stage after saving (Trainer.run)
 
 
 def earlier_stages(path: Path, resume: bool, **same) -> dict:
@@ -164,8 +165,13 @@ def run_stage(
     save_seconds: float = 90.0,
     validator: Validator | None = None,
     world: World = SINGLE,
+    stop_on_signal: bool = False,
 ) -> tuple[StageResult, Trainer]:
     """Run (or resume) one stage; ``on_save(trainer, it)`` writes the stage's products after each state save.
+
+    With ``stop_on_signal`` a SIGINT or SIGTERM saves the state (and products) at the end of the step under way
+    and ends the stage: the result's ``stop_signal`` says which, for the caller to stop the command after it
+    recorded the stage (see :func:`stopped`).
 
     With a ``validator`` the stage is scored on held-out frames on its schedule; its state (history, best
     score, the best weights when it keeps them) is saved with the training state and restored on resume,
@@ -187,7 +193,8 @@ def run_stage(
         if int(old_meta.get("iterations", -1)) != cfg.iterations:
             raise InstagError(f"{t_path} belongs to a run of {old_meta.get('iterations')} iterations, not {cfg.iterations}; "
                               "resume with the same --iterations/--preset or delete it")
-        ema = restore_models(identities, tensors, device, lip_head)
+        with fitting(t_path, "resume with the same clips and settings, or delete it to start the stage afresh"):
+            ema = restore_models(identities, tensors, device, lip_head)
         start = int(old_meta["iteration"])
         ended = start >= cfg.iterations or bool(old_meta.get("early_stopped"))
         if old_meta.get("early_stopped") and validator is None:
@@ -204,7 +211,12 @@ def run_stage(
     logger = Logger(folder, f"{cfg.mode}_{cfg.stage}", tensorboard=world.is_main)
     trainer = Trainer(cfg, identities, device, lip_head=lip_head, num_workers=workers, seed=seed, log=logger, world=world)
     if optim is not None:
-        load_optim_state(trainer, optim, ema)
+        with fitting(stem_paths(folder, state_stem)[2], "delete it and the stage's checkpoint to start it afresh"):
+            load_optim_state(trainer, optim, ema)
+    if cfg.note:  # on stdout: what the recipe leaves out is no error
+        trainer.notes.append(cfg.note)
+        if world.is_main and not ended:
+            print(f"instag: {cfg.mode} {cfg.stage}: {cfg.note}", flush=True)
     if validator is not None:
         validator.begin(start, logger.writer)
 
@@ -237,7 +249,7 @@ def run_stage(
                            start < cfg.iterations), trainer
     last = trainer.run(start, save=save, save_seconds=save_seconds, stop_after_seconds=stop_after, progress=progress,
                        validate=None if validator is None else (lambda it: validator.check(trainer, it)),
-                       validate_every=0 if validator is None else validator.every)
+                       validate_every=0 if validator is None else validator.every, stop_on_signal=stop_on_signal)
     logger.close()
     done = max(1, last - start)
     checks = "" if validator is None else f", validation {validator.seconds:.1f} s ({validator.checks} checks)"
@@ -249,7 +261,21 @@ def run_stage(
               f"compute, {1000 * trainer.time_data / rounds:.1f} ms/{unit} waiting for data{checks}", file=sys.stderr)
     stopped_early = validator is not None and validator.stopped
     return StageResult(last, last >= cfg.iterations or stopped_early, time.time() - t0, history, start,
-                       photo_history, trainer.notes, stopped_early), trainer
+                       photo_history, trainer.notes, stopped_early, trainer.stop_signal), trainer
+
+
+def stopped(prog: str, cfg, result: StageResult, stage: str, total: int, folder: Path, world: World = SINGLE) -> str:
+    """What a command says when a stage did not run to its end (``--stop_after``, or a signal): where it stopped,
+    and the command that continues it. For a signal it raises the stop (:func:`instag.train.engine.stop_exception`)
+    with that as the CLI's last line; for ``--stop_after`` it returns it."""
+    from instag.config import command_line
+    from instag.train.engine import stop_exception
+
+    note = (f"saved {stage} iteration {result.iteration}/{total} in {folder}; continue with: "
+            f"{command_line(prog, cfg, resume=True)}")
+    if result.stop_signal is not None:
+        raise stop_exception(result.stop_signal, note if world.is_main else "")
+    return note
 
 
 def remaining_seconds(stop_after: float, t_start: float) -> float | None:
