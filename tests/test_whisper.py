@@ -251,7 +251,6 @@ def test_features_of_another_definition_are_refused(tmp_path):
     what to re-run, never mixed with features of today's definition."""
     from instag.audio.registry import check_feature_meta, feature_definition
     from instag.audio.windows import definition_path, load_features, save_features
-
     from instag.io.wav import write_wav
 
     feats = np.zeros((10, 2, 512), np.float32)

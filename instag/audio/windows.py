@@ -69,9 +69,9 @@ def definition_path(path: str | Path) -> Path:
 def save_features(path: str | Path, features: np.ndarray, extractor: str) -> Path:
     """Write a feature file (upstream layout ``[T, W, C]``) and, for extractors with a definition id, its companion
     (written last: a file whose companion is missing or stale is refused, never used)."""
-    from instag.io.atomic import save_npy, write_json
-
     import json
+
+    from instag.io.atomic import save_npy, write_json
 
     path = Path(path)
     definition = feature_definition(extractor)
