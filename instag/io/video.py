@@ -140,8 +140,9 @@ def _stream_end(path: Path, stream: str) -> float:
     return float(times[-1]) + step
 
 
-def probe(path: str | Path, require_audio: bool = True) -> VideoInfo:
-    """Read the facts of a video; raise :class:`InstagError` for anything unusable."""
+def probe(path: str | Path, require_audio: bool = True, min_side: int = 0) -> VideoInfo:
+    """Read the facts of a video; raise :class:`InstagError` for anything unusable (with ``min_side``, a picture too
+    small to find a face in: preprocessing passes :data:`MIN_SIDE`; a rendered video may be any size)."""
     path = Path(path)
     _check_file(path)
     proc = _run(["-i", str(path)])
@@ -172,9 +173,9 @@ def probe(path: str | Path, require_audio: bool = True) -> VideoInfo:
     if rotation % 180 == 90:  # ffmpeg turns the picture upright when it decodes: frames are height x width
         width, height, num, den = height, width, den, num
     width = max(1, int(round(width * num / den)))  # a player stretches anamorphic pixels to their shape
-    if min(width, height) < MIN_SIDE:
+    if min(width, height) < min_side:
         raise InstagError(f"{path}: the picture is {width}x{height} pixels, too small to find a face in (at least "
-                          f"{MIN_SIDE} px a side); give the video at a larger size")
+                          f"{min_side} px a side); give the video at a larger size")
     vline = video.group(0)
     fps_m = re.search(r"([\d.]+) fps", vline)
     tbr_m = re.search(r"([\d.]+)k? tbr", vline)

@@ -36,6 +36,7 @@ from instag.errors import InstagError
 from instag.metrics import SequenceMetrics
 from instag.metrics.lips import lagged_correlation, speech_energy
 from instag.metrics.report import format_table, plot_series, side_by_side, write_metrics
+from instag.metrics.scoring import Detector, load_split, person_closed_level, read_ground_truth
 
 if TYPE_CHECKING:  # torch loads in the functions that use it, so that `instag evaluate --help` answers at once
     import torch
@@ -66,30 +67,6 @@ class EvaluateConfig:
         "help": "with -S/-M: also score lip sync on the user's path (the validation speech cut from the wav, padded "
                 "with 1 s of digital silence, through synthesis' feature extraction) and with changed voices; writes "
                 "new_audio.json in the report folder"})
-
-
-class _Detector:
-    """MediaPipe landmarks of RGB frames (static-image mode: every frame on its own). Without
-    mediapipe every call returns None and :attr:`note` says so (lip metrics are then left out)."""
-
-    def __init__(self):
-        self.note = None
-        try:
-            from instag.preprocess.landmarks import FaceMeshDetector
-
-            self._det = FaceMeshDetector(video=False, max_faces=1)
-        except (ImportError, InstagError) as err:
-            self._det = None
-            self.note = f"lip metrics (LMD, mouth opening, AUE, SyncNet crops) not computed: {err}"
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
-        if self._det is None:
-            return None
-        return self._det.detect(np.ascontiguousarray(rgb[:, :, ::-1]))
-
-    def close(self) -> None:
-        if self._det is not None:
-            self._det.close()
 
 
 def _optional_models(device: str) -> tuple[object | None, object | None, list[str]]:
@@ -175,35 +152,6 @@ def _device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_split(source_path: str | Path, model_path: str | Path, split: str = "val", n_views: int = -1,
-               device: str | None = None):
-    """What scoring a model on a split needs: ``(layout, model, plan, items)``, the split being "val" or the
-    first ``n_views`` frames of "train" (``items``: the clip's audio items ``[T,C,W]``)."""
-    import torch
-
-    from instag.data.dataset import load_clip
-    from instag.infer.synthesize import load_model, split_plan
-
-    if split not in ("val", "train"):
-        raise InstagError(f"split {split!r}: expected val or train")
-    layout = DatasetLayout.of(source_path)
-    model = load_model(model_path, None, device, source=layout.root)
-    clip = load_clip(layout.root, split, model.audio_extractor, n_views=n_views if split == "train" else -1)
-    return layout, model, split_plan(clip), torch.from_numpy(np.asarray(clip.features))
-
-
-def read_ground_truth(layout: DatasetLayout, index: int, size: tuple[int, int]) -> np.ndarray:
-    """Ground-truth frame ``index`` (``gt_imgs``) as BGR uint8, resized to ``size`` (H, W) when it differs."""
-    import cv2
-
-    from instag.data.dataset import resize_to
-
-    gt = cv2.imread(str(layout.gt_image(index)))
-    if gt is None:
-        raise InstagError(f"cannot read ground-truth frame {layout.gt_image(index)}; re-run preprocessing")
-    return resize_to(gt, tuple(size))
-
-
 def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: bool = False, static: bool = True,
                    batch: int = 8, device: str | None = None, out_dir: str | Path | None = None, split: str = "val",
                    n_views: int = -1, log=print, progress: bool = True) -> dict:
@@ -239,7 +187,7 @@ def evaluate_model(source_path: str | Path, model_path: str | Path, *, dilate: b
     if static:
         static_items, static_source = static_audio(items, audio, model.audio_extractor)
     lpips_model, sync_model, notes = _optional_models(dev)
-    detector = _Detector()
+    detector = Detector()
     notes.append(detector.note)
     ours = _Run(lpips_model, dev, sync_model is not None)
     stat = _Run(lpips_model, dev, sync_model is not None) if static else None
@@ -338,7 +286,7 @@ def evaluate_videos(pred: str | Path, gt: str | Path, *, pred_au_csv: str | None
     dev = _device(device)
     pinfo, ginfo = probe(pred, require_audio=False), probe(gt, require_audio=False)
     lpips_model, sync_model, notes = _optional_models(dev)
-    detector = _Detector()
+    detector = Detector()
     notes.append(detector.note)
     run = _Run(lpips_model, dev, sync_model is not None)
     gt_landmarks: list[np.ndarray] = []
@@ -387,17 +335,6 @@ def evaluate_videos(pred: str | Path, gt: str | Path, *, pred_au_csv: str | None
     return result
 
 
-def person_closed_level(layout: DatasetLayout) -> float:
-    """The person's closed-mouth level (:func:`instag.metrics.lips.closed_level`) from every tracked frame of the
-    clip; NaN when the clip has no landmarks."""
-    from instag.io.safe_load import load_npy
-    from instag.metrics.lips import closed_level, mouth_opening
-
-    if not layout.landmarks.exists():
-        return float("nan")
-    return closed_level(mouth_opening(load_npy(layout.landmarks, "rerun the landmark step (instag process --task landmarks)")))
-
-
 def silence_metrics(layout: DatasetLayout, audio: np.ndarray | None, audio_index: list[int],
                     openings: dict[str, np.ndarray]) -> dict:
     """closed_in_silence of each opening series (DESIGN §4): the silent frames of the driving audio (the voice-activity
@@ -427,7 +364,7 @@ def lip_report(video: str | Path, out_dir: str | Path | None = None, log=print, 
     from instag.metrics.lips import closed_in_silence, closed_level, mouth_opening
 
     info = probe(video, require_audio=True)
-    detector = _Detector()
+    detector = Detector()
     if detector.note:
         raise InstagError(detector.note)
     opening = []

@@ -59,8 +59,8 @@ def evaluate_new_audio(source_path: str | Path, model_path: str | Path, *, voice
     from instag.infer.features import items_from_samples
     from instag.infer.synthesize import Backgrounds, Director, render_frames
     from instag.io.wav import load_audio_16k_mono
-    from instag.metrics.evaluate import _Detector, load_split, person_closed_level, read_ground_truth
     from instag.metrics.lips import closed_in_silence, lmd, mouth_amp, pearson
+    from instag.metrics.scoring import Detector, load_split, person_closed_level, read_ground_truth
 
     layout, model, plan, clip_items = load_split(source_path, model_path, "val", -1, device)
     if not layout.audio_wav.exists():
@@ -84,7 +84,7 @@ def evaluate_new_audio(source_path: str | Path, model_path: str | Path, *, voice
     cam0 = plan.cameras[0]
     size = (cam0.height, cam0.width)
     backgrounds = Backgrounds(layout, size)
-    detector = _Detector()
+    detector = Detector()
     if detector.note:
         raise InstagError(detector.note)
     level = person_closed_level(layout)

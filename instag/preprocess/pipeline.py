@@ -477,10 +477,10 @@ def run(cfg: ProcessConfig) -> dict:
     in any way (a killed run's snapshot is restored by the next run); a first run into a folder holding
     at most the video removes what it created when it fails, and keeps its finished steps on Ctrl-C.
     """
-    from instag.io.video import probe
+    from instag.io.video import MIN_SIDE, probe
 
     source = Path(cfg.path)
-    info = probe(source)  # refuses not-a-video, truncated headers and missing audio before anything is written
+    info = probe(source, min_side=MIN_SIDE)  # refuses not-a-video, truncated headers and missing audio before anything is written
     root = Path(cfg.out) if cfg.out else source.parent
     fresh_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
