@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for k, features in enumerate(args.audio_extractor):
         try:
-            train = [ClipData(d, features) for d in dirs]
+            train = [ClipData(d, features) for d in dirs] if args.seeds else []  # per-person rows need no corpus
             evals = [ClipData(Path(p), features) for p in args.eval]
         except InstagError as err:
             print(f"bench/audio_lips.py: {err}", file=sys.stderr)
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench_features(args, features: str, train: list[ClipData], evals: list[ClipData], rows: list[dict]) -> int:
     """Add the rows of one feature spec: the per-person ridge (``--person_frames``) and the corpus-trained encoder."""
-    item_shape = tuple(train[0].items.shape[1:])
+    item_shape = tuple(evals[0].items.shape[1:])
     if args.person_frames:
         counts = args.person_frames * len(evals) if len(args.person_frames) == 1 else args.person_frames
         if len(counts) != len(evals):

@@ -95,10 +95,10 @@ def stop_exception(signum: int, note: str = "") -> KeyboardInterrupt:
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
-    """Data loader workers leave SIGINT/SIGTERM (a Ctrl-C reaches the whole process group) to the training
-    process, which stops them when it stops; they still exit with it on SIGKILL."""
+    """Data loader workers leave Ctrl-C (SIGINT reaches the whole process group) to the training process, which
+    stops them when it stops. SIGTERM keeps its default: it is how the training process's exit ends them
+    (multiprocessing terminates daemonic children), and a worker that ignored it would hang that exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @dataclass
