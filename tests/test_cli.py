@@ -123,7 +123,7 @@ def _all_configs():
 @pytest.mark.parametrize("command, argv, words", [
     ("adapt", ["-S", "d", "-M", "m", "--iterations", "-5"], "--iterations -5: out of range; give a value at least 0"),
     ("adapt", ["-S", "d", "-M", "m", "--N_views", "0"], "--N_views 0: out of range; give -1, or a value at least 1"),
-    ("adapt", ["-S", "d", "-M", "m", "--checkpoint_seconds", "0"], "--checkpoint_seconds 0.0: out of range; give a value above 0"),
+    ("adapt", ["-S", "d", "-M", "m", "--checkpoint_seconds", "-1"], "--checkpoint_seconds -1.0: out of range; give a value at least 0"),
     ("pretrain", ["-S", "d", "-M", "m", "--stop_after", "nan"], "--stop_after nan: not a number of any use here"),
     ("process", ["v.mp4", "--max_face_gap", "-1"], "--max_face_gap -1: out of range"),
     ("synthesize", ["-S", "d", "-M", "m", "--audio", "a.wav", "--mouth_scale", "nan"], "--mouth_scale nan"),

@@ -130,6 +130,7 @@ def evaluate_new_audio(source_path: str | Path, model_path: str | Path, *, voice
                 "closed_in_digital_silence": closed_in_silence(opening, digital, level),
                 "mean_opening": float(np.nanmean(speech_open)),
                 "mean_opening_digital_silence": float(np.nanmean(opening[digital])),
+                "frames_with_face": int(np.isfinite(opening).sum()),
             }
             bar.update(1)
         bar.close()

@@ -65,7 +65,7 @@ class AdaptConfig:
     max_side: int = field(default=-1, metadata={"min": 16, "special": (0, -1), "help": "train at this longer image side (0 = native, -1 = preset)"})
     resume: bool = field(default=False, metadata={"help": "continue stopped stages from their last checkpoints"})
     stop_after: float = field(default=0.0, metadata={"min": 0, "help": "save and stop after this many seconds (0 = run to the end)"})
-    checkpoint_seconds: float = field(default=90.0, metadata={"above": 0, "help": "save a resumable checkpoint at least this often (seconds)"})
+    checkpoint_seconds: float = field(default=90.0, metadata={"min": 0, "help": "save a resumable checkpoint at least this often (seconds; 0 = after every step)"})
     evaluate: bool = field(default=True, metadata={"help": "render and score the validation split afterwards"})
     val_every: int = field(default=-1, metadata={"min": 0, "special": (-1,), "help": "score held-out frames every N steps of each stage and at its end (0 = off; -1 = preset: 250, upstream 1000, tiny and cpu off)"})
     val_frames: int = field(default=50, metadata={"min": 1, "help": "frames scored at each check: the first of the validation split (the last training frames with --all_for_train)"})

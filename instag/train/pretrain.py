@@ -55,7 +55,7 @@ class PretrainConfig:
     max_side: int = field(default=-1, metadata={"min": 16, "special": (0, -1), "help": "train at this longer image side (0 = native, -1 = preset)"})
     resume: bool = field(default=False, metadata={"help": "continue a stopped run from its last checkpoint"})
     stop_after: float = field(default=0.0, metadata={"min": 0, "help": "save and stop after this many seconds (0 = run to the end)"})
-    checkpoint_seconds: float = field(default=90.0, metadata={"above": 0, "help": "save a resumable checkpoint at least this often (seconds)"})
+    checkpoint_seconds: float = field(default=90.0, metadata={"min": 0, "help": "save a resumable checkpoint at least this often (seconds; 0 = after every step)"})
     device: str = field(default="auto", metadata={"help": "cuda, cpu or auto"})
     workers: int = field(default=-1, metadata={"min": -1, "help": "data-loader workers (-1 = auto)"})
     seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1, "help": "random seed"})
