@@ -120,10 +120,16 @@ def silent_frames(samples: np.ndarray, num_frames: int, start: int = 0) -> np.nd
     if num_frames <= 0:
         return np.zeros(0, bool)
     levels = frame_levels_db(samples, start - LEVEL_HISTORY, start + num_frames + LOOKAHEAD_FRAMES)
-    threshold = silence_thresholds(reference_levels(levels))
-    own = levels[LEVEL_HISTORY - SILENCE_SPAN : LEVEL_HISTORY + num_frames + SILENCE_SPAN]
+    return silent_from_levels(levels, reference_levels(levels))
+
+
+def silent_from_levels(levels: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The rule on levels already measured: ``levels`` of frames ``i - LEVEL_HISTORY .. i + LOOKAHEAD_FRAMES`` for
+    ``n`` frames (:func:`frame_levels_db`) and their :func:`reference_levels` ``[n]`` -> Boolean ``[n]``."""
+    n = reference.shape[0]
+    own = levels[LEVEL_HISTORY - SILENCE_SPAN : LEVEL_HISTORY + n + SILENCE_SPAN]
     span = np.lib.stride_tricks.sliding_window_view(own, 2 * SILENCE_SPAN + 1)
-    return (span < threshold[:, None]).all(axis=1)
+    return (span < silence_thresholds(reference)[:, None]).all(axis=1)
 
 
 def samples_needed(frame: int) -> int:

@@ -533,7 +533,7 @@ class WhisperExtractor:
         return max(1, num_samples // (SAMPLE_RATE // 25))
 
     def _encode(self, mel: Tensor) -> Tensor:
-        """Scaled log-mel windows ``[B, 80, W]`` -> the frame's two steps ``[B, 2, C]`` (float32, on the CPU)."""
+        """Scaled log-mel windows ``[B, 80, W]`` -> the frame's two steps ``[B, 2, C]`` (float32, on the model's device)."""
         model = self.model()
         step = self.left_rows // 2
         states = torch.cat(model(mel, self.layers), dim=-1)[:, step : step + STEPS_PER_FRAME]
@@ -559,7 +559,7 @@ class WhisperExtractor:
             frame_levels_db,
             reference_levels,
             silence_thresholds,
-            silent_frames,
+            silent_from_levels,
         )
 
         count = max(0, stop - start)
@@ -571,7 +571,7 @@ class WhisperExtractor:
         levels = frame_levels_db(x, start - LEVEL_HISTORY, stop + LOOKAHEAD_FRAMES)
         reference = reference_levels(levels)  # [count] dB: the loudest speech around each frame
         threshold = silence_thresholds(reference)
-        silent = silent_frames(x, count, start)
+        silent = silent_from_levels(levels, reference)  # the same levels: measured once
         talking = np.flatnonzero(~silent)
         if talking.size == 0:
             return out

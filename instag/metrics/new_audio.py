@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from instag.data.format import AUDIO_SAMPLE_RATE, FPS
 from instag.errors import InstagError
@@ -34,7 +35,7 @@ def _padded_plan(plan, pad: int):
                 plan.au_exp[pos], list(range(len(pos))))
 
 
-def _openings(frames, detector, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _openings(frames, detector) -> tuple[np.ndarray, np.ndarray]:
     """Mouth opening per frame [n] and landmarks [n, 478, 3] (NaN where no face is found)."""
     from instag.metrics.lips import mouth_opening
 
@@ -56,7 +57,7 @@ def evaluate_new_audio(source_path: str | Path, model_path: str | Path, *, voice
     from instag.audio.voice import VOICE_CHANGES
     from instag.data.dataset import load_clip
     from instag.infer.delivery import Controls, mouth_scaler
-    from instag.infer.features import items_from_samples
+    from instag.infer.features import items_from_samples, silence_items
     from instag.infer.synthesize import Backgrounds, Director, render_frames
     from instag.io.wav import load_audio_16k_mono
     from instag.metrics.lips import closed_in_silence, lmd, mouth_amp, pearson
@@ -95,7 +96,7 @@ def evaluate_new_audio(source_path: str | Path, model_path: str | Path, *, voice
         f"on each side; {int(pauses.sum())} frames in the clip's own pauses)")
     try:
         gt_frames = [np.ascontiguousarray(read_ground_truth(layout, i, size)[:, :, ::-1]) for i in plan.background_index]
-        gt_open, gt_lms = _openings(gt_frames, detector, size[1])
+        gt_open, gt_lms = _openings(gt_frames, detector)
         sources = {"precomputed": None, "new audio": lambda x: x}
         if voices:
             sources.update(VOICE_CHANGES)
@@ -104,14 +105,8 @@ def evaluate_new_audio(source_path: str | Path, model_path: str | Path, *, voice
         bar = tqdm(total=len(sources), desc="new-audio rows", unit="row", file=sys.stderr, disable=not progress)
         for name, change in sources.items():
             if change is None:  # the clip's own feature file, with the same padding as silence items
-                from instag.infer.features import silence_items
-
                 quiet = silence_items(pad, extractor)
-                items = np.concatenate([quiet.numpy(), clip_items.numpy(), quiet.numpy()])
-                import torch
-
-                items = torch.from_numpy(items)
-                samples = None
+                items = torch.cat([quiet, clip_items, quiet])
             else:
                 samples = np.concatenate([zeros, change(cut).astype(np.float32), zeros])
                 items, _ = items_from_samples(samples, extractor)
@@ -119,7 +114,7 @@ def evaluate_new_audio(source_path: str | Path, model_path: str | Path, *, voice
                 silent = silent_frames(samples, items.shape[0])
                 items = director.quiet_items(items, silent, extractor)
             frames = list(render_frames(model, padded_plan, items, backgrounds, dilate, batch, mouth=mouth))
-            opening, lms = _openings(frames, detector, size[1])
+            opening, lms = _openings(frames, detector)
             speech_open = opening[pad : pad + n]
             ok = np.isfinite(speech_open) & np.isfinite(gt_open)
             rows[name] = {
